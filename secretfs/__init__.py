@@ -1,0 +1,3 @@
+"""secretfs: a FUSE filesystem that shows secrets as files."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""Entry point for ``python -m secretfs``."""
+
+from secretfs.cli import main
+
+main()

@@ -1,0 +1,325 @@
+"""The `secretfs` command line: mount, umount, status, ls, get, put, rm, migrate.
+
+Values go in through stdin or --file, never argv. Errors print one line and exit with the
+documented code of their class (secretfs.errors).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from secretfs import __version__, errors, mounts, render
+from secretfs.config import Settings, load_settings, redact_url
+from secretfs.view import ViewOptions
+
+log = logging.getLogger("secretfs")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=level, format="secretfs: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    # The FUSE binding logs call arguments at debug level; keep it quiet.
+    logging.getLogger("mfusepy").setLevel(logging.WARNING)
+
+
+def common_options(func: F) -> F:
+    """The configuration flags every command takes; they override the environment."""
+
+    @click.option(
+        "--mode",
+        "mode",
+        default=None,
+        help="DB, VAULT or READONLY_VAULT (overrides ARCHESTRA_SECRETS_MANAGER).",
+    )
+    @click.option("--database-url", default=None, help="SQLAlchemy URL (overrides ARCHESTRA_DATABASE_URL).")
+    @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Data directory.")
+    @click.option("--strict", is_flag=True, help="Refuse to fall back to DB when a Vault variable is missing.")
+    @click.option(
+        "--timeout",
+        type=float,
+        default=None,
+        help="Backend request timeout in seconds (default 5).",
+    )
+    @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+    @functools.wraps(func)
+    def wrapper(
+        mode: str | None,
+        database_url: str | None,
+        data_dir: Path | None,
+        strict: bool,
+        timeout: float | None,
+        verbose: int,
+        **kwargs: Any,
+    ) -> Any:
+        setup_logging(verbose)
+        try:
+            settings = load_settings(
+                mode=mode,
+                database_url=database_url,
+                data_dir=data_dir,
+                strict=strict,
+                timeout=timeout,
+            )
+            if settings.fallback_reason:
+                log.warning("falling back to DB mode: %s", settings.fallback_reason)
+            return func(settings, **kwargs)
+        except errors.SecretfsError as exc:
+            click.echo(f"secretfs: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def open_view(settings: Settings, *, read_only: bool = False) -> Any:
+    from secretfs.stores import open_store
+    from secretfs.view import View
+
+    read_only = read_only or settings.read_only_mode
+    return View(open_store(settings, read_only=read_only), ViewOptions(read_only=read_only))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="secretfs")
+def main() -> None:
+    """secretfs: secrets as files, decrypted or fetched at read time."""
+
+
+def _mode(text: str) -> int:
+    return int(text, 8)
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (systemd, containers).")
+@click.option("--read-only", is_flag=True, help="Mount read-only: every mutating operation fails with EROFS.")
+@click.option("--layout", type=click.Choice(["file", "keys"]), default="file", show_default=True)
+@click.option("--allow-other", is_flag=True, help="Let other users (container processes) in.")
+@click.option("--uid", type=int, default=-1, help="Owner of files (default: the mounting user).")
+@click.option("--gid", type=int, default=-1, help="Group of files (default: the mounting group).")
+@click.option(
+    "--file-mode",
+    type=_mode,
+    default=None,
+    help="Octal file mode (default 0600, or 0400 read-only).",
+)
+@click.option("--dir-mode", type=_mode, default=None, help="Octal directory mode (default 0700, or 0500).")
+@click.option("--cache-mode", type=click.Choice(["direct"]), default="direct", show_default=True)
+@click.option(
+    "--log-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Daemon log (background mounts).",
+)
+@click.option("--debug", is_flag=True, help="libfuse debug output (implies --foreground).")
+@common_options
+def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path | None, **kw: Any) -> None:
+    """Mount the secrets at MOUNTPOINT; returns once the mount is live unless -f."""
+    from secretfs import daemon
+
+    options = daemon.MountOptions(
+        mountpoint=mountpoint,
+        view=ViewOptions(
+            layout=kw["layout"],
+            read_only=kw["read_only"],
+            uid=kw["uid"],
+            gid=kw["gid"],
+            file_mode=kw["file_mode"],
+            dir_mode=kw["dir_mode"],
+        ),
+        allow_other=kw["allow_other"],
+        cache_mode=kw["cache_mode"],
+        debug=kw["debug"],
+    )
+    if foreground or kw["debug"]:
+        sys.exit(daemon.run_foreground(settings, options))
+    daemon.check_mountpoint(mountpoint.absolute())
+    log_path = log_file or settings.data_dir / "secretfs.log"
+    sys.exit(daemon.start_background(sys.argv[1:], mountpoint, log_path))
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--lazy", is_flag=True, help="Detach now even if busy (umount -l).")
+def umount(mountpoint: Path, lazy: bool) -> None:
+    """Unmount a secretfs mount."""
+    if mounts.find_mount(mountpoint) is None:
+        click.echo(f"secretfs: error: no secretfs mount at {mountpoint}", err=True)
+        sys.exit(errors.EXIT_NOT_FOUND)
+    result = mounts.unmount(mountpoint, lazy=lazy)
+    if result.returncode != 0:
+        click.echo(f"secretfs: error: could not unmount {mountpoint}: {result.stderr.strip()}", err=True)
+        click.echo("secretfs: hint: close files under it, or use --lazy", err=True)
+        sys.exit(errors.EXIT_ERROR)
+
+
+def _status(settings: Settings, mountpoint: Path | None) -> tuple[dict[str, Any], int]:
+    from secretfs.stores import open_store
+
+    report: dict[str, Any] = {
+        "version": __version__,
+        "mode_requested": settings.mode_requested,
+        "mode": settings.mode,
+        "fallback_reason": settings.fallback_reason,
+        "data_dir": str(settings.data_dir),
+    }
+    if settings.mode == "DB":
+        report["database"] = redact_url(settings.database_url)
+        report["encryption_secret_source"] = settings.encryption_secret_source
+    code = errors.EXIT_OK
+    try:
+        store = open_store(settings, read_only=True)
+    except errors.SecretfsError as exc:
+        report["backend"] = {"healthy": False, "error": str(exc)}
+        code = exc.exit_code
+    else:
+        try:
+            from secretfs.view import View
+
+            info = store.info()
+            info["hidden_invalid_names"] = View(store, ViewOptions(read_only=True)).hidden_names()
+            report["backend"] = {"healthy": True, **info}
+        except errors.SecretfsError as exc:
+            report["backend"] = {"healthy": False, "error": str(exc)}
+            code = exc.exit_code
+        finally:
+            store.close()
+    report["mounts"] = [
+        {"mountpoint": m.mountpoint, "options": m.options, "live": mounts.is_live(m.mountpoint)}
+        for m in mounts.secretfs_mounts()
+    ]
+    if mountpoint is not None:
+        live = mounts.is_live(mountpoint)
+        report["mount"] = {"mountpoint": str(mountpoint.absolute()), "live": live}
+        if not live:
+            code = code or errors.EXIT_BACKEND
+    return report, code
+
+
+def _print_report(report: dict[str, Any], indent: str = "") -> None:
+    for key, value in report.items():
+        if isinstance(value, dict):
+            click.echo(f"{indent}{key}:")
+            _print_report(value, indent + "  ")
+        elif isinstance(value, list):
+            click.echo(f"{indent}{key}: {len(value)}")
+            for item in value:
+                click.echo(f"{indent}  - " + ", ".join(f"{k}={v}" for k, v in item.items()))
+        elif value is not None:
+            click.echo(f"{indent}{key}: {value}")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@common_options
+def status(settings: Settings, mountpoint: Path | None, as_json: bool) -> None:
+    """Show the mode asked for and in force, the backend's health, and the mounts."""
+    report, code = _status(settings, mountpoint)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        _print_report(report)
+    sys.exit(code)
+
+
+@main.command(name="ls")
+@click.argument("prefix", default="")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@common_options
+def list_secrets(settings: Settings, prefix: str, as_json: bool) -> None:
+    """List secret names (optionally those starting with PREFIX)."""
+    view = open_view(settings, read_only=True)
+    try:
+        metas = [m for m in view.store.list(prefix) if render.is_valid_name(m.name)]
+    finally:
+        view.store.close()
+    if as_json:
+        click.echo(json.dumps([{"name": m.name, "updated_at": m.updated_at} for m in metas], indent=2))
+    else:
+        for meta in metas:
+            click.echo(meta.name)
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the stored JSON value instead of the file content.",
+)
+@common_options
+def get(settings: Settings, name: str, as_json: bool) -> None:
+    """Print a secret as its file shows it (or its JSON value with --json)."""
+    view = open_view(settings, read_only=True)
+    try:
+        record = view.store.read(name)
+    finally:
+        view.store.close()
+    out = sys.stdout.buffer
+    out.write(render.canonical_json(record.value) if as_json else render.render(record.value))
+    out.flush()
+
+
+@main.command()
+@click.argument("name")
+@click.option("--file", "source", type=click.File("rb"), default=None, help="Read the value from this file.")
+@common_options
+def put(settings: Settings, name: str, source: Any) -> None:
+    """Store a secret, read from stdin (or --file) exactly as a file write would store it."""
+    content = source.read() if source is not None else sys.stdin.buffer.read()
+    render.check_new_name(name)
+    if len(content) > render.MAX_VALUE_BYTES:
+        raise errors.ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
+    view = open_view(settings)
+    try:
+        if view.options.read_only:
+            raise errors.ReadOnly(f"{settings.mode} mode is read-only: secretfs does not write secrets")
+        view.store.write(name, render.parse(content))
+    finally:
+        view.store.close()
+
+
+@main.command()
+@click.argument("name")
+@common_options
+def rm(settings: Settings, name: str) -> None:
+    """Delete a secret."""
+    view = open_view(settings)
+    try:
+        if view.options.read_only:
+            raise errors.ReadOnly(f"{settings.mode} mode is read-only: secretfs does not delete secrets")
+        view.store.delete(name)
+    finally:
+        view.store.close()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@common_options
+def migrate(settings: Settings, as_json: bool) -> None:
+    """Encrypt every plaintext row of the database (also done at every startup)."""
+    from secretfs import crypto
+    from secretfs.stores.sql_setup import open_engine, prepare_database, resolve_secret
+
+    if settings.mode != "DB":
+        raise errors.ConfigError("migrate works on the DB store; the mode in force is " + settings.mode)
+    engine = open_engine(settings)
+    try:
+        count = prepare_database(engine, crypto.derive_key(resolve_secret(settings)))
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps({"encrypted_rows": count}))
+    else:
+        click.echo(f"encrypted {count} plaintext row(s)" if count else "no plaintext rows; nothing to do")

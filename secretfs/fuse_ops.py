@@ -1,0 +1,305 @@
+"""The FUSE adapter: paths and errnos in and out, nothing else.
+
+It holds the one errno table, buffers writes per open file (committed whole at flush, so an error
+reaches the writer's close()), and hands everything else to the view.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from secretfs import errors, render
+from secretfs.fusebind import FuseOSError, Operations
+from secretfs.view import View
+
+log = logging.getLogger(__name__)
+
+CacheMode = Literal["direct", "kernel"]
+
+# The one errno table (DESIGN §3). Order matters only for subclasses; none of these subclass another.
+ERRNO: dict[type[errors.SecretfsError], int] = {
+    errors.NotFound: errno.ENOENT,
+    errors.AccessDenied: errno.EACCES,
+    errors.ReadOnly: errno.EROFS,
+    errors.BackendUnavailable: errno.EIO,
+    errors.IntegrityError: errno.EIO,
+    errors.KeyMismatch: errno.EIO,
+    errors.InvalidName: errno.EINVAL,
+    errors.NameTooLong: errno.ENAMETOOLONG,
+    errors.ValueTooLarge: errno.EFBIG,
+    errors.NotPermitted: errno.EPERM,
+    errors.IsADirectory: errno.EISDIR,
+    errors.NotADirectory: errno.ENOTDIR,
+    errors.DirectoryNotEmpty: errno.ENOTEMPTY,
+    errors.AlreadyExists: errno.EEXIST,
+    errors.CrossDevice: errno.EXDEV,
+    errors.ConfigError: errno.EIO,
+}
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno an application sees for an exception."""
+    for cls in type(exc).__mro__:
+        if cls in ERRNO:
+            return ERRNO[cls]
+    return errno.EIO
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fs_op(func: F) -> F:
+    """Map secretfs errors to errno; anything unexpected is logged (type only) and becomes EIO."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FuseOSError:
+            raise
+        except errors.SecretfsError as exc:
+            code = errno_for(exc)
+            if code == errno.EIO:
+                log.error("%s failed: %s", func.__name__, exc)
+            raise FuseOSError(code) from None
+        except Exception as exc:
+            log.error("%s failed unexpectedly: %s", func.__name__, type(exc).__name__)
+            raise FuseOSError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass
+class Handle:
+    """One open file: a snapshot of its content, or the write buffer."""
+
+    path: str
+    content: bytearray
+    writable: bool
+    dirty: bool = False
+    created: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SecretFS(Operations):  # type: ignore[misc]
+    """mfusepy operations over a View."""
+
+    use_ns = True
+
+    def __init__(self, view: View, *, cache_mode: CacheMode = "direct") -> None:
+        self.view = view
+        self.cache_mode = cache_mode
+        self.read_only = view.options.read_only or view.store.read_only
+        self._handles: dict[int, Handle] = {}
+        self._handles_lock = threading.Lock()
+        self._next_fh = itertools.count(1)
+
+    # ----- helpers ----------------------------------------------------------------------------
+
+    def _refuse_if_read_only(self) -> None:
+        if self.read_only:
+            raise errors.ReadOnly("the mount is read-only")
+
+    def _add_handle(self, handle: Handle, fi: Any) -> int:
+        fh = next(self._next_fh)
+        with self._handles_lock:
+            self._handles[fh] = handle
+        fi.fh = fh
+        if self.cache_mode == "direct":
+            fi.direct_io = 1
+        return 0
+
+    def _handle(self, fh: Any) -> Handle:
+        key = fh.fh if hasattr(fh, "fh") else fh
+        with self._handles_lock:
+            handle = self._handles.get(key)
+        if handle is None:
+            raise FuseOSError(errno.EBADF)
+        return handle
+
+    def _pending(self, path: str) -> Handle | None:
+        """A created file that is not committed yet (so stat sees it between create and close)."""
+        with self._handles_lock:
+            for handle in self._handles.values():
+                if handle.created and handle.dirty and handle.path == path:
+                    return handle
+        return None
+
+    def _commit(self, handle: Handle) -> None:
+        with handle.lock:
+            if not handle.dirty:
+                return
+            self.view.write_file(handle.path, bytes(handle.content))
+            handle.dirty = False
+            handle.created = False
+
+    # ----- metadata ---------------------------------------------------------------------------
+
+    @fs_op
+    def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
+        handle = self._handle(fh) if fh is not None and fh.fh else self._pending(path)
+        if handle is not None and handle.writable and handle.dirty:
+            when = time.time() if handle.created else self.view.getattr(path).mtime
+            return self.view.file_attr(len(handle.content), when, when).as_stat()
+        return self.view.getattr(path).as_stat()
+
+    @fs_op
+    def readdir(self, path: str, fh: Any) -> list[str]:
+        return [".", "..", *self.view.readdir(path)]
+
+    @fs_op
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": render.MAX_SEGMENT_BYTES}
+
+    # ----- files ------------------------------------------------------------------------------
+
+    @fs_op
+    def open(self, path: str, fi: Any) -> int:
+        accmode = fi.flags & os.O_ACCMODE
+        writable = accmode in (os.O_WRONLY, os.O_RDWR)
+        if writable:
+            self._refuse_if_read_only()
+        if writable and fi.flags & os.O_TRUNC:
+            self.view.getattr(path)
+            handle = Handle(path, bytearray(), writable=True, dirty=True)
+        else:
+            handle = Handle(path, bytearray(self.view.read_file(path)), writable=writable)
+        return self._add_handle(handle, fi)
+
+    @fs_op
+    def create(self, path: str, mode: int, fi: Any) -> int:
+        self.view.check_creatable(path)
+        return self._add_handle(Handle(path, bytearray(), writable=True, dirty=True, created=True), fi)
+
+    @fs_op
+    def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
+        handle = self._handle(fh)
+        with handle.lock:
+            return bytes(handle.content[offset : offset + size])
+
+    @fs_op
+    def write(self, path: str, data: bytes, offset: int, fh: Any) -> int:
+        self._refuse_if_read_only()
+        handle = self._handle(fh)
+        if not handle.writable:
+            raise FuseOSError(errno.EBADF)
+        end = offset + len(data)
+        if end > render.MAX_VALUE_BYTES:
+            raise errors.ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
+        with handle.lock:
+            if offset > len(handle.content):
+                handle.content.extend(b"\0" * (offset - len(handle.content)))
+            handle.content[offset:end] = data
+            handle.dirty = True
+        return len(data)
+
+    @fs_op
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        self._refuse_if_read_only()
+        if length > render.MAX_VALUE_BYTES:
+            raise errors.ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
+        handle = self._handle(fh) if fh is not None and fh.fh else self._pending(path)
+        if handle is not None and handle.writable:
+            with handle.lock:
+                del handle.content[length:]
+                handle.content.extend(b"\0" * (length - len(handle.content)))
+                handle.dirty = True
+            return 0
+        content = bytearray(self.view.read_file(path))
+        del content[length:]
+        content.extend(b"\0" * (length - len(content)))
+        self.view.write_file(path, bytes(content))
+        return 0
+
+    @fs_op
+    def flush(self, path: str, fh: Any) -> int:
+        self._commit(self._handle(fh))
+        return 0
+
+    @fs_op
+    def fsync(self, path: str, datasync: int, fh: Any) -> int:
+        self._commit(self._handle(fh))
+        return 0
+
+    @fs_op
+    def release(self, path: str, fh: Any) -> int:
+        key = fh.fh if hasattr(fh, "fh") else fh
+        with self._handles_lock:
+            self._handles.pop(key, None)
+        return 0
+
+    # ----- namespace --------------------------------------------------------------------------
+
+    @fs_op
+    def unlink(self, path: str) -> int:
+        self._refuse_if_read_only()
+        self.view.unlink(path)
+        return 0
+
+    @fs_op
+    def rename(self, old: str, new: str) -> int:
+        self._refuse_if_read_only()
+        self.view.rename(old, new)
+        return 0
+
+    @fs_op
+    def mkdir(self, path: str, mode: int) -> int:
+        self._refuse_if_read_only()
+        self.view.mkdir(path)
+        return 0
+
+    @fs_op
+    def rmdir(self, path: str) -> int:
+        self._refuse_if_read_only()
+        self.view.rmdir(path)
+        return 0
+
+    @fs_op
+    def utimens(self, path: str, times: Any = None) -> int:
+        self._refuse_if_read_only()
+        self.view.getattr(path)
+        return 0
+
+    @fs_op
+    def chmod(self, path: str, mode: int) -> int:
+        self._refuse_if_read_only()
+        raise errors.NotPermitted("modes are set by the mount options")
+
+    @fs_op
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        self._refuse_if_read_only()
+        raise errors.NotPermitted("owners are set by the mount options")
+
+    @fs_op
+    def symlink(self, target: str, source: str) -> int:
+        self._refuse_if_read_only()
+        raise errors.NotPermitted("secretfs has no symlinks")
+
+    @fs_op
+    def link(self, target: str, source: str) -> int:
+        self._refuse_if_read_only()
+        raise errors.NotPermitted("secretfs has no hard links")
+
+    @fs_op
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        self._refuse_if_read_only()
+        raise errors.NotPermitted("secretfs has no device files")
+
+    @fs_op
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self._refuse_if_read_only()
+        raise FuseOSError(errno.ENOTSUP)
+
+    @fs_op
+    def removexattr(self, path: str, name: str) -> int:
+        self._refuse_if_read_only()
+        raise FuseOSError(errno.ENOTSUP)

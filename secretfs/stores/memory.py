@@ -1,0 +1,74 @@
+"""The in-memory store: the reference implementation of the Store protocol, and the test double."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any
+
+from secretfs.errors import NotFound, ReadOnly
+from secretfs.stores.base import DirListing, SecretMeta, SecretRecord, listing_from_names
+
+
+class MemoryStore:
+    """Secrets in a dict, guarded by a lock; values are deep-copied in and out."""
+
+    def __init__(self, *, read_only: bool = False) -> None:
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        self._data: dict[str, SecretRecord] = {}
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly("the store is read-only")
+
+    def list(self, prefix: str = "") -> list[SecretMeta]:
+        with self._lock:
+            records = [r for n, r in self._data.items() if n.startswith(prefix)]
+        return sorted((SecretMeta(r.name, r.updated_at, r.created_at) for r in records), key=lambda m: m.name)
+
+    def list_dir(self, directory: str) -> DirListing:
+        with self._lock:
+            names = list(self._data)
+        return listing_from_names(names, directory)
+
+    def read(self, name: str) -> SecretRecord:
+        with self._lock:
+            record = self._data.get(name)
+        if record is None:
+            raise NotFound(f"no secret named {name!r}")
+        return SecretRecord(record.name, copy.deepcopy(record.value), record.updated_at, record.created_at)
+
+    def stat(self, name: str) -> SecretMeta:
+        record = self.read(name)
+        return SecretMeta(record.name, record.updated_at, record.created_at)
+
+    def write(self, name: str, value: Any) -> None:
+        self._require_writable()
+        now = time.time()
+        with self._lock:
+            old = self._data.get(name)
+            created = old.created_at if old else now
+            self._data[name] = SecretRecord(name, copy.deepcopy(value), now, created)
+
+    def delete(self, name: str) -> None:
+        self._require_writable()
+        with self._lock:
+            if self._data.pop(name, None) is None:
+                raise NotFound(f"no secret named {name!r}")
+
+    def rename(self, old: str, new: str) -> None:
+        self._require_writable()
+        with self._lock:
+            record = self._data.pop(old, None)
+            if record is None:
+                raise NotFound(f"no secret named {old!r}")
+            self._data[new] = SecretRecord(new, record.value, time.time(), record.created_at)
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            return {"backend": "memory", "secrets": len(self._data)}
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,300 @@
+"""The SQL store: Archestra's `secret` table on SQLite or PostgreSQL, values AES-256-GCM encrypted.
+
+Queries use SQLAlchemy Core (no ORM objects on the read path). Every value is encrypted before it
+reaches the database and decrypted after it leaves; plaintext never touches the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Dialect, Engine
+
+from secretfs import crypto
+from secretfs.errors import AccessDenied, BackendUnavailable, IntegrityError, NotFound, ReadOnly
+from secretfs.stores.base import DirListing, SecretMeta, SecretRecord, listing_from_names
+
+log = logging.getLogger(__name__)
+
+NAME_LENGTH = 256
+
+
+class Timestamp(sa.types.TypeDecorator[float]):
+    """Epoch seconds in Python; timestamptz on PostgreSQL, tolerant text on SQLite."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String())
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: float | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        moment = datetime.fromtimestamp(value, tz=UTC)
+        if dialect.name == "sqlite":
+            return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return moment
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> float:
+        return to_epoch(value)
+
+
+def to_epoch(value: Any) -> float:
+    """Seconds since the epoch from a datetime, ISO text, or number (naive means UTC)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, int | float):
+        # Millisecond epochs (JavaScript's Date.now()) are far larger than second epochs.
+        return float(value) / 1000.0 if value > 1e11 else float(value)
+    if isinstance(value, str):
+        text = value.strip().replace("Z", "+00:00")
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            return 0.0
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return float(value.timestamp())
+    return 0.0
+
+
+metadata = sa.MetaData()
+
+# The id is native uuid on PostgreSQL, text on SQLite (so ids written by others round-trip exactly).
+secret_table = sa.Table(
+    "secret",
+    metadata,
+    sa.Column("id", sa.Uuid(as_uuid=False).with_variant(sa.String(36), "sqlite"), primary_key=True),
+    sa.Column("name", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("secret", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
+    sa.Column("is_vault", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+name_index = sa.Index("secret_name_unique_idx", secret_table.c.name, unique=True)
+
+meta_table = sa.Table(
+    "secretfs_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+VISIBLE = secret_table.c.is_vault.isnot(True)
+T = secret_table.c
+
+
+def make_engine(url: str, *, timeout: float) -> Engine:
+    """An engine with bounded timeouts; SQLite connections get WAL-friendly pragmas."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": timeout, "check_same_thread": False},
+            pool_size=8,
+            max_overflow=16,
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.close()
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args = {
+            "connect_timeout": max(1, int(timeout)),
+            "options": f"-c statement_timeout={int(timeout * 1000)}",
+        }
+    return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True, pool_size=8, max_overflow=16)
+
+
+@contextlib.contextmanager
+def backend_errors(what: str) -> Iterator[None]:
+    """Turn driver errors into BackendUnavailable, without SQL parameters in the message."""
+    try:
+        yield
+    except sa.exc.IntegrityError:
+        raise
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+        cause = type(getattr(exc, "orig", None) or exc).__name__
+        raise BackendUnavailable(f"database unavailable while {what} ({cause})") from None
+    except sa.exc.DBAPIError as exc:
+        cause = type(exc.orig).__name__
+        raise BackendUnavailable(f"database error while {what} ({cause})") from None
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching names that start with prefix (with % and _ escaped)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+class SqlStore:
+    """The `secret` table, read and written through one key."""
+
+    def __init__(self, engine: Engine, key: bytes, *, read_only: bool = False) -> None:
+        self.engine = engine
+        self.read_only = read_only
+        self._key = key
+        self._read_stmt = (
+            sa.select(T.secret, T.updated_at, T.created_at)
+            .where(T.name == sa.bindparam("name"), VISIBLE)
+            .order_by(T.updated_at.desc())
+            .limit(1)
+        )
+        self._stat_stmt = (
+            sa.select(T.updated_at, T.created_at)
+            .where(T.name == sa.bindparam("name"), VISIBLE)
+            .order_by(T.updated_at.desc())
+            .limit(1)
+        )
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly("the store is read-only")
+
+    def list(self, prefix: str = "") -> list[SecretMeta]:
+        stmt = sa.select(T.name, T.updated_at, T.created_at).where(VISIBLE)
+        if prefix:
+            stmt = stmt.where(T.name.like(like_prefix(prefix), escape="\\"))
+        with backend_errors("listing secrets"), self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        newest: dict[str, SecretMeta] = {}
+        for name, updated, created in rows:
+            known = newest.get(name)
+            if known is None or updated > known.updated_at:
+                newest[name] = SecretMeta(name, updated, created)
+        return [newest[n] for n in sorted(newest)]
+
+    def list_dir(self, directory: str) -> DirListing:
+        stmt = sa.select(T.name).where(VISIBLE).distinct()
+        if directory:
+            stmt = stmt.where(T.name.like(like_prefix(directory + "/"), escape="\\"))
+        with backend_errors("listing secrets"), self.engine.connect() as conn:
+            names = list(conn.execute(stmt).scalars())
+        return listing_from_names(names, directory)
+
+    def read(self, name: str) -> SecretRecord:
+        with backend_errors(f"reading {name!r}"), self.engine.connect() as conn:
+            row = conn.execute(self._read_stmt, {"name": name}).first()
+        if row is None:
+            raise NotFound(f"no secret named {name!r}")
+        stored, updated, created = row
+        if crypto.is_encrypted(stored):
+            try:
+                value = crypto.decrypt(self._key, stored)
+            except IntegrityError as exc:
+                log.error("secret %r cannot be decrypted: %s", name, exc)
+                raise IntegrityError(f"secret {name!r} cannot be decrypted: {exc}") from None
+        else:
+            value = stored
+        return SecretRecord(name, value, updated, created)
+
+    def stat(self, name: str) -> SecretMeta:
+        with backend_errors(f"reading {name!r}"), self.engine.connect() as conn:
+            row = conn.execute(self._stat_stmt, {"name": name}).first()
+        if row is None:
+            raise NotFound(f"no secret named {name!r}")
+        return SecretMeta(name, row[0], row[1])
+
+    def write(self, name: str, value: Any) -> None:
+        self._require_writable()
+        envelope = crypto.encrypt(self._key, value)
+        for _attempt in range(3):
+            try:
+                with backend_errors(f"writing {name!r}"), self.engine.begin() as conn:
+                    self._upsert(conn, name, envelope, time.time())
+                return
+            except sa.exc.IntegrityError:
+                # A concurrent writer inserted the same name first: retry as an update.
+                continue
+        raise AccessDenied(f"cannot write {name!r}: the name is held by a row secretfs does not manage")
+
+    def _upsert(self, conn: Connection, name: str, envelope: dict[str, str], now: float) -> None:
+        updated = conn.execute(
+            sa.update(secret_table).where(T.name == name, VISIBLE).values(secret=envelope, updated_at=now)
+        ).rowcount
+        if updated == 0:
+            conn.execute(
+                sa.insert(secret_table).values(
+                    id=str(uuid.uuid4()),
+                    name=name,
+                    secret=envelope,
+                    is_vault=False,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+
+    def delete(self, name: str) -> None:
+        self._require_writable()
+        with backend_errors(f"deleting {name!r}"), self.engine.begin() as conn:
+            deleted = conn.execute(sa.delete(secret_table).where(T.name == name, VISIBLE)).rowcount
+        if deleted == 0:
+            raise NotFound(f"no secret named {name!r}")
+
+    def rename(self, old: str, new: str) -> None:
+        self._require_writable()
+        if old == new:
+            self.stat(old)
+            return
+        try:
+            with backend_errors(f"renaming {old!r}"), self.engine.begin() as conn:
+                exists = conn.execute(sa.select(T.id).where(T.name == old, VISIBLE).limit(1)).first()
+                if exists is None:
+                    raise NotFound(f"no secret named {old!r}")
+                conn.execute(sa.delete(secret_table).where(T.name == new, VISIBLE))
+                conn.execute(
+                    sa.update(secret_table).where(T.name == old, VISIBLE).values(name=new, updated_at=time.time())
+                )
+        except sa.exc.IntegrityError:
+            raise AccessDenied(
+                f"cannot rename to {new!r}: the name is held by a row secretfs does not manage"
+            ) from None
+
+    def duplicate_names(self) -> int:
+        """How many visible names are held by more than one row (the newest row wins)."""
+        stmt = sa.select(sa.func.count()).select_from(
+            sa.select(T.name).where(VISIBLE).group_by(T.name).having(sa.func.count() > 1).subquery()
+        )
+        with backend_errors("counting duplicates"), self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def hidden_vault_rows(self) -> int:
+        stmt = sa.select(sa.func.count()).select_from(secret_table).where(T.is_vault.is_(True))
+        with backend_errors("counting rows"), self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def info(self) -> dict[str, Any]:
+        from secretfs.config import redact_url
+
+        return {
+            "backend": self.backend,
+            "database": redact_url(self.engine.url.render_as_string(hide_password=False)),
+            "secrets": len(self.list()),
+            "duplicate_names": self.duplicate_names(),
+            "hidden_vault_rows": self.hidden_vault_rows(),
+        }
+
+    def close(self) -> None:
+        self.engine.dispose()

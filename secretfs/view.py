@@ -1,0 +1,361 @@
+"""The file view: paths <-> secrets, file contents, directories and attributes. No FUSE here.
+
+Two layouts: `file` (a secret is a file whose content is its rendered value) and `keys` (a secret is
+a directory with one file per key, the Kubernetes Secret volume shape). Directories are implied by
+names; `mkdir` makes an empty one that lives in memory until a file is written in it or it is removed.
+Every method raises only secretfs.errors exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from secretfs import render
+from secretfs.errors import (
+    AlreadyExists,
+    CrossDevice,
+    DirectoryNotEmpty,
+    InvalidName,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    ReadOnly,
+    ValueTooLarge,
+)
+from secretfs.stores.base import Store
+
+Layout = Literal["file", "keys"]
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    """How the mount presents secrets."""
+
+    layout: Layout = "file"
+    read_only: bool = False
+    uid: int = -1
+    gid: int = -1
+    file_mode: int | None = None
+    dir_mode: int | None = None
+
+    def resolved(self) -> ViewOptions:
+        """Fill in the mounting user and the default modes."""
+        return ViewOptions(
+            layout=self.layout,
+            read_only=self.read_only,
+            uid=os.getuid() if self.uid < 0 else self.uid,
+            gid=os.getgid() if self.gid < 0 else self.gid,
+            file_mode=self.file_mode if self.file_mode is not None else (0o400 if self.read_only else 0o600),
+            dir_mode=self.dir_mode if self.dir_mode is not None else (0o500 if self.read_only else 0o700),
+        )
+
+
+@dataclass(frozen=True)
+class Attr:
+    """What stat shows for a path."""
+
+    is_dir: bool
+    mode: int
+    size: int
+    mtime: float
+    ctime: float
+    uid: int
+    gid: int
+
+    def as_stat(self) -> dict[str, int]:
+        mtime_ns = int(self.mtime * 1e9)
+        ctime_ns = int(self.ctime * 1e9)
+        return {
+            "st_mode": self.mode,
+            "st_nlink": 2 if self.is_dir else 1,
+            "st_size": self.size,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_atime": mtime_ns,
+            "st_mtime": mtime_ns,
+            "st_ctime": ctime_ns,
+            "st_blocks": (self.size + 511) // 512,
+            "st_blksize": 4096,
+        }
+
+
+def path_to_name(path: str) -> str:
+    """'/a/b/c' -> 'a/b/c'; the root is ''."""
+    return path.strip("/")
+
+
+def _parent(name: str) -> str:
+    return name.rpartition("/")[0]
+
+
+def _split(name: str) -> tuple[str, str]:
+    parent, _, base = name.rpartition("/")
+    return parent, base
+
+
+class View:
+    """Secrets seen as a tree of files and directories."""
+
+    def __init__(self, store: Store, options: ViewOptions) -> None:
+        self.store = store
+        self.options = options.resolved()
+        self.mounted_at = time.time()
+        self._empty_dirs: set[str] = set()
+        self._lock = threading.Lock()
+
+    # ----- attributes -------------------------------------------------------------------------
+
+    def file_attr(self, size: int, mtime: float, ctime: float) -> Attr:
+        o = self.options
+        assert o.file_mode is not None
+        return Attr(False, stat.S_IFREG | o.file_mode, size, mtime, ctime, o.uid, o.gid)
+
+    def _dir_attr(self, mtime: float | None = None) -> Attr:
+        o = self.options
+        assert o.dir_mode is not None
+        when = self.mounted_at if mtime is None else mtime
+        return Attr(True, stat.S_IFDIR | o.dir_mode, 0, when, when, o.uid, o.gid)
+
+    def getattr(self, path: str) -> Attr:
+        name = path_to_name(path)
+        if not name:
+            return self._dir_attr()
+        if not render.is_valid_name(name):
+            raise NotFound(f"no such path {name!r}")
+        if self.options.layout == "keys":
+            return self._getattr_keys(name)
+        try:
+            record = self.store.read(name)
+        except NotFound:
+            if self._is_dir(name):
+                return self._dir_attr()
+            raise
+        return self.file_attr(len(render.render(record.value)), record.updated_at, record.created_at)
+
+    def _getattr_keys(self, name: str) -> Attr:
+        parent, key = _split(name)
+        if parent:
+            value, updated, created = self._read_object(parent)
+            if value is not None and key in value:
+                return self.file_attr(len(render.render_key(value[key])), updated, created)
+        try:
+            meta = self.store.stat(name)
+            return self._dir_attr(meta.updated_at)
+        except NotFound:
+            if self._is_dir(name):
+                return self._dir_attr()
+            raise
+
+    def _read_object(self, name: str) -> tuple[dict[str, Any] | None, float, float]:
+        """A secret's value as a dict of keys (None when there is no such secret)."""
+        try:
+            record = self.store.read(name)
+        except NotFound:
+            return None, 0.0, 0.0
+        value = record.value if isinstance(record.value, dict) else {"value": record.value}
+        return value, record.updated_at, record.created_at
+
+    def _is_dir(self, name: str) -> bool:
+        with self._lock:
+            if name in self._empty_dirs:
+                return True
+        listing = self.store.list_dir(name)
+        return bool(listing.files or listing.dirs)
+
+    # ----- directories ------------------------------------------------------------------------
+
+    def readdir(self, path: str) -> list[str]:
+        name = path_to_name(path)
+        attr = self.getattr(path)
+        if not attr.is_dir:
+            raise NotADirectory(f"{name!r} is not a directory")
+        listing = self.store.list_dir(name)
+        entries: dict[str, None] = {}
+        if self.options.layout == "keys":
+            value, _, _ = self._read_object(name) if name else (None, 0.0, 0.0)
+            for key in sorted(value or {}):
+                if render.segment_ok(key):
+                    entries[key] = None
+            for base in listing.files + listing.dirs:
+                if render.segment_ok(base):
+                    entries[base] = None
+        else:
+            for base in listing.files + listing.dirs:
+                if render.segment_ok(base):
+                    entries[base] = None
+        prefix = f"{name}/" if name else ""
+        with self._lock:
+            for empty in self._empty_dirs:
+                if empty.startswith(prefix) and "/" not in empty[len(prefix) :]:
+                    entries[empty[len(prefix) :]] = None
+        return list(entries)
+
+    def mkdir(self, path: str) -> None:
+        self._require_writable()
+        name = path_to_name(path)
+        render.check_new_name(name)
+        try:
+            self.getattr(path)
+        except NotFound:
+            pass
+        else:
+            raise AlreadyExists(f"{name!r} exists")
+        with self._lock:
+            self._empty_dirs.add(name)
+
+    def rmdir(self, path: str) -> None:
+        self._require_writable()
+        name = path_to_name(path)
+        attr = self.getattr(path)
+        if not attr.is_dir:
+            raise NotADirectory(f"{name!r} is not a directory")
+        if self.readdir(path):
+            raise DirectoryNotEmpty(f"{name!r} is not empty")
+        with self._lock:
+            self._empty_dirs.discard(name)
+
+    # ----- files ------------------------------------------------------------------------------
+
+    def read_file(self, path: str) -> bytes:
+        name = path_to_name(path)
+        if self.options.layout == "keys":
+            parent, key = _split(name)
+            value, _, _ = self._read_object(parent) if parent else (None, 0.0, 0.0)
+            if value is None or key not in value:
+                if self._is_dir(name):
+                    raise IsADirectory(f"{name!r} is a directory")
+                raise NotFound(f"no such file {name!r}")
+            return render.render_key(value[key])
+        try:
+            return render.render(self.store.read(name).value)
+        except NotFound:
+            if name and self._is_dir(name):
+                raise IsADirectory(f"{name!r} is a directory") from None
+            raise
+
+    def check_creatable(self, path: str) -> None:
+        """Raise unless a new file may be created at path."""
+        self._require_writable()
+        name = path_to_name(path)
+        render.check_new_name(name)
+        if self.options.layout == "keys" and "/" not in name:
+            raise InvalidName("in the keys layout, files live inside a secret's directory")
+
+    def write_file(self, path: str, content: bytes) -> None:
+        """Replace a file's whole content (one atomic store write)."""
+        self.check_creatable(path)
+        if len(content) > render.MAX_VALUE_BYTES:
+            raise ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
+        name = path_to_name(path)
+        if self.options.layout == "keys":
+            self._write_key(name, content)
+        else:
+            self.store.write(name, render.parse(content))
+        self._forget_empty_ancestors(name)
+
+    def _write_key(self, name: str, content: bytes) -> None:
+        secret, key = _split(name)
+        value, _, _ = self._read_object(secret)
+        value = dict(value or {})
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidName("in the keys layout, key files hold UTF-8 text") from None
+        if key in value and not isinstance(value[key], str):
+            try:
+                value[key] = json.loads(text)
+            except ValueError:
+                raise InvalidName(f"key {key!r} holds JSON; the new content does not parse") from None
+        else:
+            value[key] = text
+        self.store.write(secret, value)
+
+    def _forget_empty_ancestors(self, name: str) -> None:
+        with self._lock:
+            parent = _parent(name)
+            while parent:
+                self._empty_dirs.discard(parent)
+                parent = _parent(parent)
+
+    def unlink(self, path: str) -> None:
+        self._require_writable()
+        name = path_to_name(path)
+        if self.options.layout == "keys":
+            secret, key = _split(name)
+            value, _, _ = self._read_object(secret) if secret else (None, 0.0, 0.0)
+            if value is None or key not in value:
+                raise NotFound(f"no such file {name!r}")
+            del value[key]
+            if value:
+                self.store.write(secret, value)
+            else:
+                self.store.delete(secret)
+            return
+        try:
+            self.store.delete(name)
+        except NotFound:
+            if self._is_dir(name):
+                raise IsADirectory(f"{name!r} is a directory") from None
+            raise
+
+    def rename(self, old_path: str, new_path: str) -> None:
+        self._require_writable()
+        old, new = path_to_name(old_path), path_to_name(new_path)
+        render.check_new_name(new)
+        attr = self.getattr(old_path)
+        if attr.is_dir:
+            self._rename_dir(old, new)
+            return
+        if self.options.layout == "keys":
+            self._rename_key(old, new)
+            return
+        try:
+            if self.getattr(new_path).is_dir:
+                raise IsADirectory(f"{new!r} is a directory")
+        except NotFound:
+            pass
+        self.store.rename(old, new)
+        self._forget_empty_ancestors(new)
+
+    def _rename_dir(self, old: str, new: str) -> None:
+        listing = self.store.list_dir(old)
+        populated = bool(listing.files or listing.dirs)
+        if not populated:
+            with self._lock:
+                if old in self._empty_dirs:
+                    self._empty_dirs.discard(old)
+                    self._empty_dirs.add(new)
+                    return
+            if self.options.layout == "keys":
+                # A secret's directory with no sub-secrets: the secret itself moves.
+                self.store.rename(old, new)
+                return
+        # Moving a populated directory is not one atomic step; mv(1) copies and removes instead.
+        raise CrossDevice(f"{old!r} is a non-empty directory")
+
+    def _rename_key(self, old: str, new: str) -> None:
+        old_secret, old_key = _split(old)
+        new_secret, new_key = _split(new)
+        if old_secret != new_secret:
+            raise CrossDevice("keys move only within their secret")
+        value, _, _ = self._read_object(old_secret)
+        if value is None or old_key not in value:
+            raise NotFound(f"no such file {old!r}")
+        value[new_key] = value.pop(old_key)
+        self.store.write(old_secret, value)
+
+    def _require_writable(self) -> None:
+        if self.options.read_only or self.store.read_only:
+            raise ReadOnly("the mount is read-only")
+
+    # ----- status -----------------------------------------------------------------------------
+
+    def hidden_names(self) -> int:
+        """How many stored names cannot be shown as paths."""
+        return sum(1 for meta in self.store.list() if not render.is_valid_name(meta.name))
