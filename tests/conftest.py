@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.mount import Instance, Mounted, make_instance, mounted
+from tests.support.pg import pg_server, pg_session_url, pg_url
+
+__all__ = ["pg_server", "pg_session_url", "pg_url"]  # fixtures, re-exported for the whole suite
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
