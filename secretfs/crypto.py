@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import os
+import re
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -43,9 +44,17 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def compact_json(value: Any) -> str:
-    """JSON in JavaScript's JSON.stringify form: no spaces, non-ASCII kept."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """JSON in JavaScript's JSON.stringify form: no spaces, non-ASCII kept.
+
+    Lone surrogates (valid in JSON text as escapes, not encodable as UTF-8) stay escaped as
+    JSON.stringify does it, so every value json.loads accepts can be encrypted.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def is_encrypted(value: Any) -> bool:
