@@ -14,6 +14,6 @@ def open_store(settings: Settings, *, read_only: bool = False) -> Store:
         from secretfs.stores.sql_setup import open_sql_store
 
         return open_sql_store(settings, read_only=read_only)
-    from secretfs.errors import ConfigError
+    from secretfs.stores.vault import open_vault_store
 
-    raise ConfigError(f"{settings.mode} mode is not built yet")
+    return open_vault_store(settings, read_only=read_only or settings.read_only_mode)
