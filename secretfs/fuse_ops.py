@@ -87,6 +87,7 @@ class Handle:
     writable: bool
     dirty: bool = False
     created: bool = False
+    failed: int = 0  # errno of a failed write: the handle then never commits
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -136,6 +137,9 @@ class SecretFS(Operations):  # type: ignore[misc]
 
     def _commit(self, handle: Handle) -> None:
         with handle.lock:
+            if handle.failed:
+                # A write already failed: keep the old value rather than store a partial one.
+                raise FuseOSError(handle.failed)
             if not handle.dirty:
                 return
             self.view.write_file(handle.path, bytes(handle.content))
@@ -194,6 +198,7 @@ class SecretFS(Operations):  # type: ignore[misc]
             raise FuseOSError(errno.EBADF)
         end = offset + len(data)
         if end > render.MAX_VALUE_BYTES:
+            handle.failed = errno.EFBIG
             raise errors.ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
         with handle.lock:
             if offset > len(handle.content):
@@ -266,18 +271,33 @@ class SecretFS(Operations):  # type: ignore[misc]
     @fs_op
     def utimens(self, path: str, times: Any = None) -> int:
         self._refuse_if_read_only()
-        self.view.getattr(path)
+        if self._pending(path) is None:
+            self.view.getattr(path)
         return 0
+
+    def _current_attr(self, path: str) -> dict[str, int]:
+        pending = self._pending(path)
+        if pending is not None:
+            return self.view.file_attr(len(pending.content), 0, 0).as_stat()
+        return self.view.getattr(path).as_stat()
 
     @fs_op
     def chmod(self, path: str, mode: int) -> int:
         self._refuse_if_read_only()
-        raise errors.NotPermitted("modes are set by the mount options")
+        # Tools that preserve modes (cp -p, mv across directories) set the mode a file already
+        # has; that is a no-op. Any real change is refused: modes come from the mount options.
+        if mode & 0o7777 != self._current_attr(path)["st_mode"] & 0o7777:
+            raise errors.NotPermitted("modes are set by the mount options")
+        return 0
 
     @fs_op
     def chown(self, path: str, uid: int, gid: int) -> int:
         self._refuse_if_read_only()
-        raise errors.NotPermitted("owners are set by the mount options")
+        attr = self._current_attr(path)
+        unchanged = uid in (-1, 0xFFFFFFFF, attr["st_uid"]) and gid in (-1, 0xFFFFFFFF, attr["st_gid"])
+        if not unchanged:
+            raise errors.NotPermitted("owners are set by the mount options")
+        return 0
 
     @fs_op
     def symlink(self, target: str, source: str) -> int:

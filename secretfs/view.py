@@ -303,6 +303,14 @@ class View:
             if self._is_dir(name):
                 raise IsADirectory(f"{name!r} is a directory") from None
             raise
+        self._keep_parent(name)
+
+    def _keep_parent(self, name: str) -> None:
+        """A directory does not vanish when its last file goes (rm -r then rmdir must work)."""
+        parent = _parent(name)
+        if parent and not self._is_dir(parent):
+            with self._lock:
+                self._empty_dirs.add(parent)
 
     def rename(self, old_path: str, new_path: str) -> None:
         self._require_writable()
@@ -322,6 +330,7 @@ class View:
             pass
         self.store.rename(old, new)
         self._forget_empty_ancestors(new)
+        self._keep_parent(old)
 
     def _rename_dir(self, old: str, new: str) -> None:
         listing = self.store.list_dir(old)

@@ -128,7 +128,7 @@ def encrypt_plaintext_rows(conn: Connection, key: bytes) -> int:
 def prepare_database(engine: Engine, key: bytes, *, accept_new_key: bool = False, writable: bool = True) -> int:
     """Check the key, create what is missing, encrypt plaintext rows; return how many were encrypted.
 
-    With writable=False (read-only mounts) only the key check runs and nothing is written.
+    With writable=False (read-only mounts) only the key check runs, and only missing tables are created.
     """
     with backend_errors("opening the database"), engine.connect() as conn:
         tables = _table_names(conn)
@@ -144,13 +144,14 @@ def prepare_database(engine: Engine, key: bytes, *, accept_new_key: bool = False
             "ARCHESTRA_SECRETS_ACCEPT_NEW_ENCRYPTION_KEY is set: accepting a NEW encryption key for this "
             "database. Secrets written under the old key will fail to decrypt (EIO) until rotated."
         )
-    if not writable:
-        return 0
     with backend_errors("preparing the database"), engine.begin() as conn:
         created_secret_table = secret_table.name not in tables
+        # Empty tables are created even for read-only use, so that reads of a new database work.
         metadata.create_all(conn, tables=[secret_table, meta_table], checkfirst=True)
         if created_secret_table:
             name_index.create(conn, checkfirst=True)
+        if not writable:
+            return 0
         write_canary(conn, key)
         migrated = encrypt_plaintext_rows(conn, key)
     if engine.dialect.name == "sqlite":
