@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 STS_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
 MIN_RENEW_MARGIN = 1.0
 MAX_RENEW_MARGIN = 300.0
+DENIED_WARNING_INTERVAL = 300.0  # the static-token 403 warning is logged at most this often
 
 
 def _b64(text: str) -> str:
@@ -75,6 +76,7 @@ class VaultAuth:
         self._renewable = False
         self._looked_up = False
         self._warned_expired = False
+        self._last_denied_warning = -DENIED_WARNING_INTERVAL
         self.logins = 0
         self.renewals = 0
         self._stop = threading.Event()
@@ -104,9 +106,14 @@ class VaultAuth:
             if self._token is not None and self._token != used:
                 return True  # another thread already logged in again
             if not self.can_relogin:
-                log.warning(
+                now = time.monotonic()
+                level = logging.DEBUG if now - self._last_denied_warning < DENIED_WARNING_INTERVAL else logging.WARNING
+                if level == logging.WARNING:
+                    self._last_denied_warning = now
+                log.log(
+                    level,
                     "Vault answered 403 to the static token (ARCHESTRA_HASHICORP_VAULT_TOKEN): it lacks the "
-                    "policy for this path, or it expired or was revoked; a static token is never replaced"
+                    "policy for this path, or it expired or was revoked; a static token is never replaced",
                 )
                 return False
             log.info("Vault answered 403; logging in again with %s auth", self.method)
