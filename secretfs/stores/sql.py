@@ -119,7 +119,9 @@ def make_engine(url: str, *, timeout: float) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         connect_args = {
             "connect_timeout": max(1, int(timeout)),
-            "options": f"-c statement_timeout={int(timeout * 1000)}",
+            # UTC sessions: times bound to Archestra's `timestamp` (no time zone) columns are stored
+            # and read back as UTC whatever the server's TimeZone is.
+            "options": f"-c statement_timeout={int(timeout * 1000)} -c timezone=UTC",
         }
     return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True, pool_size=8, max_overflow=16)
 
@@ -152,18 +154,10 @@ class SqlStore:
         self.engine = engine
         self.read_only = read_only
         self._key = key
-        self._read_stmt = (
-            sa.select(T.secret, T.updated_at, T.created_at)
-            .where(T.name == sa.bindparam("name"), VISIBLE)
-            .order_by(T.updated_at.desc())
-            .limit(1)
-        )
-        self._stat_stmt = (
-            sa.select(T.updated_at, T.created_at)
-            .where(T.name == sa.bindparam("name"), VISIBLE)
-            .order_by(T.updated_at.desc())
-            .limit(1)
-        )
+        # No LIMIT: a foreign database may hold a name twice, with timestamps in mixed text formats
+        # that SQL cannot order (SQLite); the newest row is picked by its parsed time in Python.
+        self._read_stmt = sa.select(T.updated_at, T.created_at, T.secret).where(T.name == sa.bindparam("name"), VISIBLE)
+        self._stat_stmt = sa.select(T.updated_at, T.created_at).where(T.name == sa.bindparam("name"), VISIBLE)
 
     @property
     def backend(self) -> str:
@@ -196,10 +190,10 @@ class SqlStore:
 
     def read(self, name: str) -> SecretRecord:
         with backend_errors(f"reading {name!r}"), self.engine.connect() as conn:
-            row = conn.execute(self._read_stmt, {"name": name}).first()
-        if row is None:
+            rows = conn.execute(self._read_stmt, {"name": name}).all()
+        if not rows:
             raise NotFound(f"no secret named {name!r}")
-        stored, updated, created = row
+        updated, created, stored = max(rows, key=lambda r: r[0])
         if crypto.is_encrypted(stored):
             try:
                 value = crypto.decrypt(self._key, stored)
@@ -212,10 +206,11 @@ class SqlStore:
 
     def stat(self, name: str) -> SecretMeta:
         with backend_errors(f"reading {name!r}"), self.engine.connect() as conn:
-            row = conn.execute(self._stat_stmt, {"name": name}).first()
-        if row is None:
+            rows = conn.execute(self._stat_stmt, {"name": name}).all()
+        if not rows:
             raise NotFound(f"no secret named {name!r}")
-        return SecretMeta(name, row[0], row[1])
+        updated, created = max(rows, key=lambda r: r[0])
+        return SecretMeta(name, updated, created)
 
     def write(self, name: str, value: Any) -> None:
         self._require_writable()
