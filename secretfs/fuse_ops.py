@@ -18,12 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from secretfs import errors, render
-from secretfs.fusebind import FuseOSError, Operations
+from secretfs.freshness import Freshness
+from secretfs.fusebind import FuseOSError, Operations, current_fuse
+from secretfs.kernel_cache import KernelInvalidator
+from secretfs.stores.base import SecretRecord
 from secretfs.view import View
 
 log = logging.getLogger(__name__)
 
 CacheMode = Literal["direct", "kernel"]
+
+# In `kernel` mode the kernel keeps contents and attributes until the daemon invalidates them.
+KERNEL_TIMEOUT = 3600.0
 
 # The one errno table (DESIGN §3). Order matters only for subclasses; none of these subclass another.
 ERRNO: dict[type[errors.SecretfsError], int] = {
@@ -96,13 +102,58 @@ class SecretFS(Operations):  # type: ignore[misc]
 
     use_ns = True
 
-    def __init__(self, view: View, *, cache_mode: CacheMode = "direct") -> None:
+    def __init__(self, view: View, *, cache_mode: CacheMode = "direct", freshness: Freshness | None = None) -> None:
         self.view = view
         self.cache_mode = cache_mode
+        self.freshness = freshness
         self.read_only = view.options.read_only or view.store.read_only
+        self.invalidator = KernelInvalidator() if cache_mode == "kernel" else None
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
         self._next_fh = itertools.count(1)
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """Set the kernel cache policy, and learn the `struct fuse *` for invalidations."""
+        if config is not None and self.cache_mode == "kernel":
+            config.kernel_cache = 1
+            config.attr_timeout = KERNEL_TIMEOUT
+            config.entry_timeout = KERNEL_TIMEOUT
+            config.negative_timeout = 0.0
+        if self.invalidator is not None:
+            self.invalidator.attach(current_fuse())
+        if self.freshness is not None:
+            self.freshness.start()
+
+    def destroy(self, path: str) -> None:
+        if self.freshness is not None:
+            self.freshness.stop()
+        if self.invalidator is not None:
+            self.invalidator.stop()
+
+    def kernel_paths(self, name: str, old: SecretRecord | None, new: SecretRecord | None) -> list[str]:
+        """The paths under which the kernel may hold a secret's contents or attributes."""
+        if self.view.options.layout == "file":
+            return ["/" + name]
+        keys: set[str] = {"value"}
+        for record in (old, new):
+            if record is not None and isinstance(record.value, dict):
+                keys.update(record.value)
+        return ["/" + name, *(f"/{name}/{key}" for key in sorted(keys))]
+
+    def on_change(self, name: str, old: SecretRecord | None, new: SecretRecord | None) -> None:
+        """A secret changed (or is no longer tracked): invalidate what the kernel holds of it."""
+        if self.invalidator is not None:
+            self.invalidator.invalidate(*self.kernel_paths(name, old, new))
+
+    def _changed(self, *paths: str) -> None:
+        """The mount itself changed the secrets behind these paths."""
+        if self.freshness is None:
+            return
+        names = [path.strip("/") for path in paths]
+        if self.view.options.layout == "keys":
+            # A path is a key file (its secret is the parent) or a secret's directory.
+            names += [name.rpartition("/")[0] for name in names]
+        self.freshness.changed(*(name for name in names if name))
 
     # ----- helpers ----------------------------------------------------------------------------
 
@@ -117,6 +168,8 @@ class SecretFS(Operations):  # type: ignore[misc]
         fi.fh = fh
         if self.cache_mode == "direct":
             fi.direct_io = 1
+        else:
+            fi.keep_cache = 1
         return 0
 
     def _handle(self, fh: Any) -> Handle:
@@ -142,7 +195,10 @@ class SecretFS(Operations):  # type: ignore[misc]
                 raise FuseOSError(handle.failed)
             if not handle.dirty:
                 return
-            self.view.write_file(handle.path, bytes(handle.content))
+            try:
+                self.view.write_file(handle.path, bytes(handle.content))
+            finally:
+                self._changed(handle.path)
             handle.dirty = False
             handle.created = False
 
@@ -166,8 +222,15 @@ class SecretFS(Operations):  # type: ignore[misc]
 
     # ----- files ------------------------------------------------------------------------------
 
+    @property
+    def kernel_only_reads(self) -> bool:
+        """Read-only `kernel` mode: open and flush answer ENOSYS, so the kernel stops sending them."""
+        return self.read_only and self.cache_mode == "kernel"
+
     @fs_op
     def open(self, path: str, fi: Any) -> int:
+        if self.kernel_only_reads:
+            raise FuseOSError(errno.ENOSYS)
         accmode = fi.flags & os.O_ACCMODE
         writable = accmode in (os.O_WRONLY, os.O_RDWR)
         if writable:
@@ -186,6 +249,9 @@ class SecretFS(Operations):  # type: ignore[misc]
 
     @fs_op
     def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
+        if fh is None or not fh.fh:
+            # No open handle (read-only kernel mode): the kernel fills its page cache from here.
+            return self.view.read_file(path)[offset : offset + size]
         handle = self._handle(fh)
         with handle.lock:
             return bytes(handle.content[offset : offset + size])
@@ -222,11 +288,16 @@ class SecretFS(Operations):  # type: ignore[misc]
         content = bytearray(self.view.read_file(path))
         del content[length:]
         content.extend(b"\0" * (length - len(content)))
-        self.view.write_file(path, bytes(content))
+        try:
+            self.view.write_file(path, bytes(content))
+        finally:
+            self._changed(path)
         return 0
 
     @fs_op
     def flush(self, path: str, fh: Any) -> int:
+        if self.kernel_only_reads:
+            raise FuseOSError(errno.ENOSYS)
         self._commit(self._handle(fh))
         return 0
 
@@ -247,13 +318,19 @@ class SecretFS(Operations):  # type: ignore[misc]
     @fs_op
     def unlink(self, path: str) -> int:
         self._refuse_if_read_only()
-        self.view.unlink(path)
+        try:
+            self.view.unlink(path)
+        finally:
+            self._changed(path)
         return 0
 
     @fs_op
     def rename(self, old: str, new: str) -> int:
         self._refuse_if_read_only()
-        self.view.rename(old, new)
+        try:
+            self.view.rename(old, new)
+        finally:
+            self._changed(old, new)
         return 0
 
     @fs_op

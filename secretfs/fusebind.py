@@ -6,6 +6,7 @@ module sets it before the import. Everything else imports FUSE names from here.
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
@@ -26,3 +27,22 @@ def libfuse_version() -> tuple[int, int]:
 def libfuse_path() -> str:
     """The shared library file mfusepy loaded."""
     return str(getattr(mfusepy, "_libfuse_path", ""))
+
+
+def current_fuse() -> int:
+    """The `struct fuse *` of the running filesystem; valid when called from a FUSE callback."""
+    context = mfusepy._libfuse.fuse_get_context()
+    return int(context.contents.fuse or 0)
+
+
+_invalidate = mfusepy._libfuse.fuse_invalidate_path
+_invalidate.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+_invalidate.restype = ctypes.c_int
+
+
+def invalidate_path(fuse: int, path: str) -> int:
+    """libfuse 3's fuse_invalidate_path: drop the kernel's cached pages and attributes of path.
+
+    Returns 0, or a negative errno (-ENOENT when the kernel holds nothing for that path).
+    """
+    return int(_invalidate(ctypes.c_void_p(fuse), path.encode("utf-8", "surrogateescape")))

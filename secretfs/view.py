@@ -13,6 +13,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ from secretfs.errors import (
     ReadOnly,
     ValueTooLarge,
 )
-from secretfs.stores.base import Store
+from secretfs.stores.base import SecretRecord, Store
 
 Layout = Literal["file", "keys"]
 
@@ -102,12 +103,37 @@ def _split(name: str) -> tuple[str, str]:
 class View:
     """Secrets seen as a tree of files and directories."""
 
-    def __init__(self, store: Store, options: ViewOptions) -> None:
+    def __init__(
+        self,
+        store: Store,
+        options: ViewOptions,
+        *,
+        on_served: Callable[[str, SecretRecord], None] | None = None,
+    ) -> None:
         self.store = store
         self.options = options.resolved()
         self.mounted_at = time.time()
         self._empty_dirs: set[str] = set()
         self._lock = threading.Lock()
+        self._on_served = on_served
+        # The rendering of the last record read per name: a cache hit returns the same record
+        # object, so its bytes are reused instead of rendered again.
+        self._rendered: dict[str, tuple[SecretRecord, bytes]] = {}
+
+    def _read(self, name: str) -> SecretRecord:
+        """Read a secret, telling the freshness tracker what is about to be served."""
+        record = self.store.read(name)
+        if self._on_served is not None:
+            self._on_served(name, record)
+        return record
+
+    def _render(self, record: SecretRecord) -> bytes:
+        memo = self._rendered.get(record.name)
+        if memo is not None and memo[0] is record:
+            return memo[1]
+        content = render.render(record.value)
+        self._rendered[record.name] = (record, content)
+        return content
 
     # ----- attributes -------------------------------------------------------------------------
 
@@ -131,12 +157,13 @@ class View:
         if self.options.layout == "keys":
             return self._getattr_keys(name)
         try:
-            record = self.store.read(name)
+            record = self._read(name)
         except NotFound:
+            self._rendered.pop(name, None)
             if self._is_dir(name):
                 return self._dir_attr()
             raise
-        return self.file_attr(len(render.render(record.value)), record.updated_at, record.created_at)
+        return self.file_attr(len(self._render(record)), record.updated_at, record.created_at)
 
     def _getattr_keys(self, name: str) -> Attr:
         parent, key = _split(name)
@@ -155,10 +182,11 @@ class View:
     def _read_object(self, name: str) -> tuple[dict[str, Any] | None, float, float]:
         """A secret's value as a dict of keys (None when there is no such secret)."""
         try:
-            record = self.store.read(name)
+            record = self._read(name)
         except NotFound:
             return None, 0.0, 0.0
-        value = record.value if isinstance(record.value, dict) else {"value": record.value}
+        # A copy: callers edit it for writes, and the record may be shared with the cache.
+        value = dict(record.value) if isinstance(record.value, dict) else {"value": record.value}
         return value, record.updated_at, record.created_at
 
     def _is_dir(self, name: str) -> bool:
@@ -233,7 +261,7 @@ class View:
                 raise NotFound(f"no such file {name!r}")
             return render.render_key(value[key])
         try:
-            return render.render(self.store.read(name).value)
+            return self._render(self._read(name))
         except NotFound:
             if name and self._is_dir(name):
                 raise IsADirectory(f"{name!r} is a directory") from None

@@ -1,0 +1,236 @@
+"""The value cache: a Store wrapper keeping decrypted values in memory, and the outage policy.
+
+- A value is served from memory for at most `ttl` seconds after it was fetched; then the next read
+  fetches it again. `ttl` 0 means every read reaches the backend.
+- Missing names are remembered for a shorter time (`negative_ttl`), so a burst of lookups of a
+  file that does not exist costs one backend query.
+- At most `max_entries` values are kept; the least recently used go first.
+- The mount's own writes, deletes and renames invalidate at once; `invalidate_all()` is for
+  changes learned from outside (the SQLite watcher, the refresher).
+- Outage policy: when the backend is unavailable, a value fetched successfully within the last
+  `max_stale` seconds is served and the cache reports itself degraded (since when); after that,
+  or for a value never fetched, the read fails (EIO). When the backend answers again the cache is
+  healthy again by itself.
+Values live in process memory only; nothing here touches the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from secretfs.errors import BackendUnavailable, NotFound
+from secretfs.stores.base import DirListing, SecretMeta, SecretRecord, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = 5.0
+DEFAULT_MAX_STALE = 300.0
+DEFAULT_MAX_ENTRIES = 100_000
+NEGATIVE_TTL = 1.0
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Entry:
+    record: SecretRecord | None  # None: the name was missing
+    fetched_at: float
+
+
+class Health:
+    """Whether the backend answers, and since when it does not."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.degraded_since: float | None = None
+        self.last_error: str | None = None
+
+    def ok(self) -> None:
+        if self.degraded_since is None:
+            return
+        with self._lock:
+            if self.degraded_since is not None:
+                log.warning("backend available again after %.1f s", time.time() - self.degraded_since)
+                self.degraded_since = None
+                self.last_error = None
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.last_error = str(exc)
+            if self.degraded_since is None:
+                self.degraded_since = time.time()
+                log.warning("backend unavailable, serving cached values while they last: %s", exc)
+
+    def as_dict(self) -> dict[str, Any]:
+        since = self.degraded_since
+        return {"state": "healthy" if since is None else "degraded", "degraded_since": since, "error": self.last_error}
+
+
+class CachingStore:
+    """A Store that remembers what it read, within a TTL, and rides out backend outages."""
+
+    def __init__(
+        self,
+        inner: Store,
+        *,
+        ttl: float = DEFAULT_TTL,
+        max_stale: float = DEFAULT_MAX_STALE,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        negative_ttl: float = NEGATIVE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.read_only = inner.read_only
+        self.ttl = ttl
+        self.max_stale = max_stale
+        self.max_entries = max_entries
+        self.negative_ttl = min(negative_ttl, ttl)
+        self.health = Health()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._dirs: dict[str, tuple[DirListing, float]] = {}
+        self._generation = 0
+
+    # ----- the cache proper -------------------------------------------------------------------
+
+    def _lookup(self, name: str) -> _Entry | None:
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None:
+                self._entries.move_to_end(name)
+            return entry
+
+    def _store(self, name: str, entry: _Entry, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return  # invalidated while the fetch was in flight: do not resurrect old data
+            self._entries[name] = entry
+            self._entries.move_to_end(name)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def _guard(self, fetch: Callable[[], T]) -> T:
+        try:
+            result = fetch()
+        except BackendUnavailable as exc:
+            self.health.failed(exc)
+            raise
+        self.health.ok()
+        return result
+
+    def read(self, name: str) -> SecretRecord:
+        now = self._clock()
+        entry = self._lookup(name)
+        if entry is not None:
+            fresh_for = self.ttl if entry.record is not None else self.negative_ttl
+            if now - entry.fetched_at < fresh_for:
+                if entry.record is None:
+                    raise NotFound(f"no secret named {name!r}")
+                return entry.record
+        return self.fetch(name, entry)
+
+    def fetch(self, name: str, entry: _Entry | None = None) -> SecretRecord:
+        """Read from the backend (bypassing freshness), falling back to a value within max_stale."""
+        generation = self._generation
+        try:
+            record = self._guard(lambda: self.inner.read(name))
+        except NotFound:
+            self._store(name, _Entry(None, self._clock()), generation)
+            raise
+        except BackendUnavailable:
+            entry = entry or self._lookup(name)
+            if entry is not None and entry.record is not None and self._clock() - entry.fetched_at < self.max_stale:
+                return entry.record
+            raise
+        self._store(name, _Entry(record, self._clock()), generation)
+        return record
+
+    def cached_names(self) -> list[str]:
+        """Names whose values are held now (the refresher re-checks these)."""
+        with self._lock:
+            return [name for name, entry in self._entries.items() if entry.record is not None]
+
+    def peek(self, name: str) -> SecretRecord | None:
+        entry = self._lookup(name)
+        return entry.record if entry is not None else None
+
+    def invalidate(self, *names: str) -> None:
+        with self._lock:
+            self._generation += 1
+            for name in names:
+                self._entries.pop(name, None)
+            self._dirs.clear()
+
+    def invalidate_all(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+            self._dirs.clear()
+
+    def forget_dirs(self) -> None:
+        with self._lock:
+            self._dirs.clear()
+
+    # ----- the Store protocol -----------------------------------------------------------------
+
+    def list(self, prefix: str = "") -> list[SecretMeta]:
+        return self._guard(lambda: self.inner.list(prefix))
+
+    def list_dir(self, directory: str) -> DirListing:
+        now = self._clock()
+        with self._lock:
+            hit = self._dirs.get(directory)
+        if hit is not None and now - hit[1] < self.ttl:
+            return hit[0]
+        generation = self._generation
+        try:
+            listing = self._guard(lambda: self.inner.list_dir(directory))
+        except BackendUnavailable:
+            if hit is not None and now - hit[1] < self.max_stale:
+                return hit[0]
+            raise
+        with self._lock:
+            if generation == self._generation:
+                self._dirs[directory] = (listing, self._clock())
+        return listing
+
+    def stat(self, name: str) -> SecretMeta:
+        record = self.read(name)
+        return SecretMeta(record.name, record.updated_at, record.created_at)
+
+    def write(self, name: str, value: Any) -> None:
+        try:
+            self._guard(lambda: self.inner.write(name, value))
+        finally:
+            self.invalidate(name)
+
+    def delete(self, name: str) -> None:
+        try:
+            self._guard(lambda: self.inner.delete(name))
+        finally:
+            self.invalidate(name)
+
+    def rename(self, old: str, new: str) -> None:
+        try:
+            self._guard(lambda: self.inner.rename(old, new))
+        finally:
+            self.invalidate(old, new)
+
+    def info(self) -> dict[str, Any]:
+        info = self.inner.info()
+        with self._lock:
+            held = len(self._entries)
+        info["cache"] = {"ttl": self.ttl, "max_stale": self.max_stale, "entries": held}
+        info["health"] = self.health.as_dict()
+        return info
+
+    def close(self) -> None:
+        self.invalidate_all()
+        self.inner.close()

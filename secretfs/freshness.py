@@ -1,0 +1,193 @@
+"""Keeping what the kernel and the value cache hold no older than the TTL promises.
+
+Three sources of news, one job: when a secret's value changes, drop it from the value cache and,
+in `kernel` cache mode, invalidate its paths in the kernel (page cache and attributes).
+- the mount's own writes (the adapter calls `changed()`);
+- a watchdog observer on the SQLite file and its WAL (another process wrote): a refresh pass now;
+- a background refresher that, every TTL, re-reads the secrets the kernel was served recently
+  and invalidates those that changed.
+
+Load on the backend: the refresher reads at most `max_tracked` secrets per TTL interval (the
+ones served most recently); a secret dropped from tracking is invalidated in the kernel first,
+so its next read reaches the daemon. Nothing is tracked in `direct` mode, where the kernel keeps
+no contents: there, a change seen by the watcher just empties the value cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from secretfs.cache import CachingStore
+from secretfs.errors import NotFound, SecretfsError
+from secretfs.stores.base import SecretRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TRACKED = 1000
+
+# Called with (name, old record or None, new record or None) when a served secret changed.
+ChangeCallback = Callable[[str, SecretRecord | None, SecretRecord | None], None]
+
+
+def _fingerprint(record: SecretRecord | None) -> tuple[float, Any] | None:
+    return None if record is None else (record.updated_at, record.value)
+
+
+class Freshness:
+    """The refresher thread, the SQLite watcher, and the record of what the kernel was served."""
+
+    def __init__(
+        self,
+        cache: CachingStore,
+        *,
+        on_change: ChangeCallback | None,
+        interval: float,
+        watch_file: Path | None = None,
+        max_tracked: int = DEFAULT_MAX_TRACKED,
+    ) -> None:
+        self.cache = cache
+        self.on_change = on_change
+        self.interval = max(interval, 0.05)
+        self.watch_file = watch_file
+        self.max_tracked = max_tracked
+        self._served: OrderedDict[str, SecretRecord] = OrderedDict()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._external = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._observer: Any = None
+        self.passes = 0
+
+    @property
+    def tracking(self) -> bool:
+        return self.on_change is not None
+
+    # ----- what the kernel holds --------------------------------------------------------------
+
+    def served(self, name: str, record: SecretRecord) -> None:
+        """The kernel was given this record's contents or attributes."""
+        if not self.tracking:
+            return
+        evicted: list[tuple[str, SecretRecord]] = []
+        with self._lock:
+            self._served[name] = record
+            self._served.move_to_end(name)
+            while len(self._served) > self.max_tracked:
+                evicted.append(self._served.popitem(last=False))
+        for old_name, old in evicted:
+            self._notify(old_name, old, None)
+
+    def changed(self, *names: str) -> None:
+        """The mount itself changed these secrets: drop them everywhere now."""
+        self.cache.invalidate(*names)
+        for name in names:
+            with self._lock:
+                old = self._served.pop(name, None)
+            if self.tracking:
+                self._notify(name, old, None)
+
+    def _notify(self, name: str, old: SecretRecord | None, new: SecretRecord | None) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(name, old, new)
+        except Exception as exc:  # a failed invalidation must not stop the refresher
+            log.error("invalidating %r failed: %s", name, type(exc).__name__)
+
+    # ----- the refresher ----------------------------------------------------------------------
+
+    def refresh_once(self) -> int:
+        """Re-read every tracked secret; invalidate those that changed. Returns how many changed."""
+        external = self._external.is_set()
+        self._external.clear()
+        if not self.tracking:
+            if external:
+                self.cache.invalidate_all()
+            return 0
+        if external:
+            self.cache.forget_dirs()
+        with self._lock:
+            tracked = list(self._served.items())
+        changed = 0
+        for name, old in tracked:
+            try:
+                new: SecretRecord | None = self.cache.fetch(name)
+            except NotFound:
+                new = None
+            except SecretfsError:
+                continue  # backend trouble: keep what the kernel has; the outage policy applies to reads
+            if _fingerprint(new) == _fingerprint(old):
+                continue
+            changed += 1
+            with self._lock:
+                if new is None:
+                    self._served.pop(name, None)
+                elif name in self._served:
+                    self._served[name] = new
+            self._notify(name, old, new)
+        self.passes += 1
+        return changed
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.refresh_once()
+            except Exception as exc:
+                log.error("refresh pass failed: %s", type(exc).__name__)
+
+    def poke(self) -> None:
+        """Something outside changed the backend: refresh now."""
+        self._external.set()
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="secretfs-refresher", daemon=True)
+        self._thread.start()
+        if self.watch_file is not None:
+            self._start_watcher(self.watch_file)
+
+    def _start_watcher(self, db_file: Path) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        names = {db_file.name, db_file.name + "-wal", db_file.name + "-journal"}
+        freshness = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                path = event.src_path if isinstance(event.src_path, str) else event.src_path.decode()
+                if Path(path).name in names and event.event_type in ("modified", "created", "moved"):
+                    freshness.poke()
+
+        observer = Observer()
+        observer.schedule(Handler(), str(db_file.parent), recursive=False)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._observer is not None:
+            self._observer.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def wait_for_pass(self, timeout: float) -> bool:
+        """For tests and benchmarks: block until one more refresh pass has completed."""
+        target = self.passes + 1
+        deadline = time.monotonic() + timeout
+        while self.passes < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.passes >= target
