@@ -1,4 +1,4 @@
-"""The `secretfs` command line: mount, umount, status, ls, get, put, rm, migrate.
+"""The `secretfs` command line: mount, umount, status, ls, get, put, rm, migrate, rotate-key.
 
 Values go in through stdin or --file, never argv. Errors print one line and exit with the
 documented code of their class (secretfs.errors).
@@ -113,7 +113,27 @@ def _mode(text: str) -> int:
     help="Octal file mode (default 0600, or 0400 read-only).",
 )
 @click.option("--dir-mode", type=_mode, default=None, help="Octal directory mode (default 0700, or 0500).")
-@click.option("--cache-mode", type=click.Choice(["direct"]), default="direct", show_default=True)
+@click.option(
+    "--cache-mode",
+    type=click.Choice(["kernel", "direct"]),
+    default="kernel",
+    show_default=True,
+    help="kernel: contents served from the page cache, invalidated on change; direct: every read reaches the daemon.",
+)
+@click.option(
+    "--cache-ttl",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds a value is served from memory before it is read again (0: every read).",
+)
+@click.option(
+    "--max-stale",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="While the backend is down, serve a value read within this many seconds; then EIO.",
+)
 @click.option(
     "--log-file",
     type=click.Path(path_type=Path),
@@ -138,6 +158,8 @@ def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path
         ),
         allow_other=kw["allow_other"],
         cache_mode=kw["cache_mode"],
+        cache_ttl=kw["cache_ttl"],
+        max_stale=kw["max_stale"],
         debug=kw["debug"],
     )
     if foreground or kw["debug"]:
@@ -194,12 +216,13 @@ def _status(settings: Settings, mountpoint: Path | None) -> tuple[dict[str, Any]
         finally:
             store.close()
     report["mounts"] = [
-        {"mountpoint": m.mountpoint, "options": m.options, "live": mounts.is_live(m.mountpoint)}
+        {"mountpoint": m.mountpoint, "options": m.options, "state": mounts.mount_state(m.mountpoint)}
         for m in mounts.secretfs_mounts()
     ]
     if mountpoint is not None:
-        live = mounts.is_live(mountpoint)
-        report["mount"] = {"mountpoint": str(mountpoint.absolute()), "live": live}
+        state = mounts.mount_state(mountpoint)
+        live = state == "live"
+        report["mount"] = {"mountpoint": str(mountpoint.absolute()), "live": live, "state": state}
         if not live:
             code = code or errors.EXIT_BACKEND
     return report, code
@@ -323,3 +346,43 @@ def migrate(settings: Settings, as_json: bool) -> None:
         click.echo(json.dumps({"encrypted_rows": count}))
     else:
         click.echo(f"encrypted {count} plaintext row(s)" if count else "no plaintext rows; nothing to do")
+
+
+@main.command(name="rotate-key")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (counts).")
+@common_options
+def rotate_key(settings: Settings, as_json: bool) -> None:
+    """Re-encrypt every row from ARCHESTRA_SECRETS_ENCRYPTION_SECRET_PREVIOUS to the current secret.
+
+    One transaction; rows already under the current secret are left alone, so a second run changes
+    nothing. The key canary is refreshed afterwards.
+    """
+    from secretfs import crypto, rotation
+    from secretfs.stores.sql_setup import open_engine, resolve_secret
+
+    if settings.mode != "DB":
+        raise errors.ConfigError("rotate-key works on the DB store; the mode in force is " + settings.mode)
+    current = crypto.derive_key(resolve_secret(settings))
+    previous = crypto.derive_key(settings.previous_secret) if settings.previous_secret else None
+    if previous is None:
+        log.warning("ARCHESTRA_SECRETS_ENCRYPTION_SECRET_PREVIOUS is not set: only checking that every row is current")
+    interactive = sys.stderr.isatty() and not as_json
+
+    def progress(total: int) -> Any:
+        return click.progressbar(length=total, label="re-encrypting", file=sys.stderr)
+
+    engine = rotation.prepare_engine(open_engine(settings))
+    try:
+        result = rotation.rotate_key(engine, current, previous, progress=progress if interactive else None)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), sort_keys=True))
+    elif not result.changed:
+        click.echo(f"all {result.rows} row(s) are already under the current key; nothing changed")
+    else:
+        click.echo(
+            f"re-encrypted {result.reencrypted} row(s) from the previous key; "
+            f"{result.already_current} already current; {result.plaintext_encrypted} plaintext row(s) encrypted; "
+            f"key canary {'refreshed' if result.canary_refreshed else 'already current'}"
+        )
