@@ -529,3 +529,15 @@ def test_key_file_notice_only_once_across_processes(tmp_path: Path) -> None:
     instance = Instance(data, env)
     for i in range(4):
         assert instance.cli("get", f"k{i}").stdout == b"v"
+
+
+def test_sqlite_connections_zero_freed_content(tmp_path: Path, key: bytes) -> None:
+    # Plaintext rows encrypted at startup must not linger in free pages, whatever SQLite's build default.
+    db = Db("sqlite", f"sqlite:///{tmp_path / 's.db'}", tmp_path / "s.db")
+    store = open_store(db, key)
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
+            assert str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower() == "wal"
+    finally:
+        store.close()

@@ -112,6 +112,9 @@ def make_engine(url: str, *, timeout: float) -> Engine:
             cursor = dbapi_conn.cursor()
             cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             cursor.execute("PRAGMA synchronous=FULL")
+            # Overwritten and deleted content is zeroed, so plaintext rows encrypted at startup (and
+            # old ciphertexts) do not survive in free pages. Debian's SQLite does this by default.
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         return engine
