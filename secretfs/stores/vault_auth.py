@@ -168,8 +168,9 @@ class VaultAuth:
     def _margin(self) -> float:
         return min(MAX_RENEW_MARGIN, max(MIN_RENEW_MARGIN, self._issued_ttl / 3))
 
-    def _set_lease(self, ttl: float, renewable: bool) -> None:
-        self._issued_ttl = ttl
+    def _set_lease(self, ttl: float, renewable: bool, *, renewed: bool = False) -> None:
+        if not renewed or not self._issued_ttl:
+            self._issued_ttl = ttl  # the TTL a login grants; renewals near the maximum TTL grant less
         self._renewable = renewable
         self._expires_at = time.monotonic() + ttl if ttl > 0 else None
         self._warned_expired = False
@@ -191,7 +192,10 @@ class VaultAuth:
         if self._renewable:
             try:
                 self._renew()
-                return
+                remaining = self.ttl()
+                if not self.can_relogin or remaining is None or remaining > self._margin():
+                    return
+                log.info("Vault token reached its maximum TTL; logging in again with %s auth", self.method)
             except BackendUnavailable:
                 raise
             except SecretfsError as exc:
@@ -202,7 +206,7 @@ class VaultAuth:
     def _renew(self) -> None:
         body = call(self._adapter, "post", api_path("auth/token/renew-self"), token=self._token, what="token renewal")
         auth = (body or {}).get("auth") or {}
-        self._set_lease(float(auth.get("lease_duration") or 0), bool(auth.get("renewable")))
+        self._set_lease(float(auth.get("lease_duration") or 0), bool(auth.get("renewable")), renewed=True)
         self.renewals += 1
         log.debug("Vault token renewed for %ss", auth.get("lease_duration"))
 
