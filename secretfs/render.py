@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from secretfs.errors import InvalidName, NameTooLong
@@ -19,8 +20,20 @@ MAX_NAME_CHARS = 256
 MAX_SEGMENT_BYTES = 255
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def canonical_json(value: Any) -> bytes:
-    return (json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    text = json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    # Lone surrogates (from a JSON escape such as "\ud800") have no UTF-8 form: keep them escaped.
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8")
+
+
+def _utf8(text: str) -> bytes | None:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
 
 
 def render(value: Any) -> bytes:
@@ -28,8 +41,8 @@ def render(value: Any) -> bytes:
     if isinstance(value, dict):
         text = value.get("value")
         if isinstance(text, str):
-            if len(value) == 1:
-                return text.encode("utf-8")
+            if len(value) == 1 and (raw := _utf8(text)) is not None:
+                return raw
             if len(value) == 2 and value.get("encoding") == "base64":
                 try:
                     return base64.b64decode(text, validate=True)
@@ -61,8 +74,8 @@ def parse(content: bytes) -> dict[str, Any]:
 
 def render_key(value: Any) -> bytes:
     """A key's file in the `keys` layout: a string raw, anything else as canonical JSON."""
-    if isinstance(value, str):
-        return value.encode("utf-8")
+    if isinstance(value, str) and (raw := _utf8(value)) is not None:
+        return raw
     return canonical_json(value)
 
 
