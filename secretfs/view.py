@@ -256,7 +256,8 @@ class View:
             parent, key = _split(name)
             value, _, _ = self._read_object(parent) if parent else (None, 0.0, 0.0)
             if value is None or key not in value:
-                if self._is_dir(name):
+                # In this layout a secret is itself a directory, even with no sub-secrets.
+                if self._is_dir(name) or self._read_object(name)[0] is not None:
                     raise IsADirectory(f"{name!r} is a directory")
                 raise NotFound(f"no such file {name!r}")
             return render.render_key(value[key])
