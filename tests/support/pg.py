@@ -151,7 +151,8 @@ def server_options(port: int, socket_dir: Path) -> str:
 def postgres_server() -> Iterator[PgServer]:
     """Start a private PostgreSQL server; stop it and remove its files when the block ends."""
     account = server_account()
-    root = Path(tempfile.mkdtemp(prefix="secretfs-pg-"))
+    # Under /tmp when the server runs as another user: $TMPDIR may not be traversable by it.
+    root = Path(tempfile.mkdtemp(prefix="secretfs-pg-", dir="/tmp" if account is not None else None))
     server = PgServer(pg_bin_dir(), root, free_port(), account)
     started = False
     try:
