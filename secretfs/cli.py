@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -223,9 +224,21 @@ def _status(settings: Settings, mountpoint: Path | None) -> tuple[dict[str, Any]
         state = mounts.mount_state(mountpoint)
         live = state == "live"
         report["mount"] = {"mountpoint": str(mountpoint.absolute()), "live": live, "state": state}
+        if live:
+            report["mount"]["daemon"] = _daemon_status(mountpoint)
         if not live:
             code = code or errors.EXIT_BACKEND
     return report, code
+
+
+def _daemon_status(mountpoint: Path) -> dict[str, Any]:
+    """The running daemon's own report (hardening, pid), from the user.secretfs.status xattr of its root."""
+    from secretfs.fuse_ops import STATUS_XATTR
+
+    try:
+        return dict(json.loads(os.getxattr(mountpoint, STATUS_XATTR)))
+    except (OSError, ValueError) as exc:
+        return {"error": f"cannot read {STATUS_XATTR}: {getattr(exc, 'strerror', None) or exc}"}
 
 
 def _print_report(report: dict[str, Any], indent: str = "") -> None:

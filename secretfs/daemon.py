@@ -76,6 +76,9 @@ def _ready_pipe_callback() -> Callable[[], None] | None:
 
 def run_foreground(settings: Settings, options: MountOptions, ready: list[Callable[[], None]] | None = None) -> int:
     """Mount and serve until unmounted or signalled; return the exit code."""
+    from secretfs import hardening
+
+    hardening.apply()  # before any secret is read: not dumpable, no core, memory locked if allowed
     from secretfs.fuse_ops import SecretFS
     from secretfs.fusebind import FUSE
     from secretfs.stores import open_store

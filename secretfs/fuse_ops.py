@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import itertools
+import json
 import logging
 import os
 import threading
@@ -25,6 +26,8 @@ from secretfs.stores.base import SecretRecord
 from secretfs.view import View
 
 log = logging.getLogger(__name__)
+
+STATUS_XATTR = "user.secretfs.status"  # JSON runtime state of the daemon, on the mount root only
 
 CacheMode = Literal["direct", "kernel"]
 
@@ -400,3 +403,25 @@ class SecretFS(Operations):  # type: ignore[misc]
     def removexattr(self, path: str, name: str) -> int:
         self._refuse_if_read_only()
         raise FuseOSError(errno.ENOTSUP)
+
+    # ----- runtime status (user.secretfs.status on the root) ------------------------------------
+
+    def runtime_status(self) -> dict[str, Any]:
+        """The daemon's runtime state for `secretfs status`: flags and counts, never a value."""
+        from secretfs import hardening
+
+        state: dict[str, Any] = {"pid": os.getpid(), "read_only": self.read_only, "cache_mode": self.cache_mode}
+        health = getattr(self.view.store, "health", None)
+        if health is not None:
+            state["health"] = health.as_dict()
+        return {**state, **hardening.state()}
+
+    @fs_op
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if path == "/" and name == STATUS_XATTR:
+            return json.dumps(self.runtime_status(), sort_keys=True).encode()
+        raise FuseOSError(errno.ENODATA)
+
+    @fs_op
+    def listxattr(self, path: str) -> list[str]:
+        return [STATUS_XATTR] if path == "/" else []
