@@ -1,0 +1,1 @@
+"""The secretfs benchmark suite (bench/run)."""
