@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import Any
 
 os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
 import mfusepy
 
-FUSE = mfusepy.FUSE
+
+class FUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy's FUSE, with ftruncate's file handle passed on (mfusepy drops it for libfuse 3).
+
+    Without the handle, ftruncate() on an open file was applied to the stored value at once, apart
+    from the handle's write buffer: `write; truncate; close` kept the old tail, and a crash between
+    the two left a value mixing old bytes with the new length.
+    """
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        fh = fip.contents if fip and self.raw_fi else None
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        return int(self.operations.truncate(name, length, fh))
+
+
 FuseOSError = mfusepy.FuseOSError
 Operations = mfusepy.Operations
 fuse_get_context = mfusepy.fuse_get_context
