@@ -192,8 +192,8 @@ class VaultAuth:
         if self._renewable:
             try:
                 self._renew()
-                remaining = self.ttl()
-                if not self.can_relogin or remaining is None or remaining > self._margin():
+                left = self.ttl()
+                if not self.can_relogin or left is None or left > self._margin():
                     return
                 log.info("Vault token reached its maximum TTL; logging in again with %s auth", self.method)
             except BackendUnavailable:
