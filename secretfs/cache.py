@@ -152,6 +152,11 @@ class CachingStore:
         self._store(name, _Entry(record, self._clock()), generation)
         return record
 
+    def stale_beyond_limit(self, name: str) -> bool:
+        """Whether the last good value of name was fetched more than max_stale seconds ago."""
+        entry = self._lookup(name)
+        return entry is None or entry.record is None or self._clock() - entry.fetched_at >= self.max_stale
+
     def cached_names(self) -> list[str]:
         """Names whose values are held now (the refresher re-checks these)."""
         with self._lock:

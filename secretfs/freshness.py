@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from secretfs.cache import CachingStore
-from secretfs.errors import NotFound, SecretfsError
+from secretfs.errors import BackendUnavailable, NotFound, SecretfsError
 from secretfs.stores.base import SecretRecord
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,13 @@ class Freshness:
                 new: SecretRecord | None = self.cache.fetch(name)
             except NotFound:
                 new = None
+            except BackendUnavailable:
+                # Backend trouble: the kernel keeps what it has while the outage policy allows.
+                if not self.cache.stale_beyond_limit(name):
+                    continue
+                new = None
             except SecretfsError:
-                continue  # backend trouble: keep what the kernel has; the outage policy applies to reads
+                new = None  # refused or undecryptable: drop it, so the next read gets the error
             if _fingerprint(new) == _fingerprint(old):
                 continue
             changed += 1
