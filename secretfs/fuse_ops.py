@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from secretfs import errors, render
 from secretfs.freshness import Freshness
-from secretfs.fusebind import FuseOSError, Operations, current_fuse
+from secretfs.fusebind import FuseOSError, Operations, current_fuse, keep_thread_state
 from secretfs.kernel_cache import KernelInvalidator
 from secretfs.stores.base import SecretRecord
 from secretfs.view import View
@@ -71,6 +71,7 @@ def fs_op(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        keep_thread_state()
         try:
             return func(*args, **kwargs)
         except FuseOSError:
