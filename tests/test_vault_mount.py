@@ -250,10 +250,12 @@ def test_vault_down_gives_eio_within_the_timeout(tmp_path: Path, fresh_bao: BaoS
     sub = unique()
     fresh_bao.cli("kv", "put", "-mount=secret", f"{sub}/s", "value=up")
     fresh_bao.cli("kv", "put", "-mount=secret", f"{sub}/t", "value=up")
+    fresh_bao.cli("kv", "put", "-mount=secret", f"{sub}/u", "value=up")
     inst = vault_instance(tmp_path, fresh_bao, sub, SECRETFS_TIMEOUT="1")
     with mounted(inst, tmp_path / "mnt") as m:
         assert (m.path / "s").read_bytes() == b"up"
         # frozen: connections are accepted but never answered, so only the timeout ends a request
+        # (t was never read, so no cached value can be served)
         os.kill(fresh_bao.proc.pid, signal.SIGSTOP)
         try:
             took, code = timed_read(m.path / "t")
@@ -261,9 +263,9 @@ def test_vault_down_gives_eio_within_the_timeout(tmp_path: Path, fresh_bao: BaoS
             os.kill(fresh_bao.proc.pid, signal.SIGCONT)
         assert code == errno.EIO
         assert took < 8, f"a read against a frozen Vault took {took:.1f}s with a 1s timeout"
-        # gone: connections are refused
+        # gone: connections are refused (u was never read, so no cached value can be served)
         fresh_bao.stop()
-        took, code = timed_read(m.path / "s")
+        took, code = timed_read(m.path / "u")
         assert code == errno.EIO
         assert took < 5
         assert "Vault" in m.log.read_text()
