@@ -1,6 +1,7 @@
 /* The benchmark's timing client: tight loops of system calls, timed per operation.
  *
  *   readloop lat PATH N          open+read+close N times; prints "median_ns p99_ns mean_ns"
+ *   readloop samples PATH N      the same, printing every operation's time in ns, one per line
  *   readloop thr PATH THREADS S  THREADS threads open+read+close for S seconds; prints "ops_per_s"
  *   readloop write PATH N        open(O_WRONLY|O_CREAT|O_TRUNC)+write 64 bytes+close N times; as lat
  *
@@ -75,6 +76,15 @@ static void *run_worker(void *arg) {
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: readloop lat|write PATH N | thr PATH THREADS SECONDS\n"); return 2; }
     const char *mode = argv[1], *path = argv[2];
+    if (!strcmp(mode, "samples")) {
+        long n = atol(argv[3]);
+        for (long i = 0; i < n; i++) {
+            uint64_t a = now_ns();
+            if (one_read(path) < 0) { perror(path); return 1; }
+            printf("%llu\n", (unsigned long long)(now_ns() - a));
+        }
+        return 0;
+    }
     if (!strcmp(mode, "lat") || !strcmp(mode, "write")) {
         long n = atol(argv[3]);
         int writing = !strcmp(mode, "write");

@@ -63,11 +63,12 @@ class Counts:
     fresh_rounds: int
     scale: list[int]
     agent_wait: float  # how long to wait for the agent to render a change
+    rounds: int = 5  # interleaved rounds for warm reads and throughput
 
     @staticmethod
     def make(mode: str, scale: list[int] | None) -> Counts:
         if mode == "smoke":
-            counts = Counts(300, 100, 50, 0.3, 20, 1, [200], 0.0)
+            counts = Counts(300, 100, 50, 0.3, 20, 1, [200], 0.0, rounds=2)
         elif mode == "quick":
             counts = Counts(3000, 1000, 300, 0.7, 50, 2, [1000, 10_000], 20.0)
         else:
@@ -119,6 +120,10 @@ class Client:
         """(median µs, p99 µs) of open+read+close."""
         median, p99, _mean = self._run("lat", str(path), str(n))
         return median / 1000, p99 / 1000
+
+    def samples(self, path: Path, n: int) -> list[float]:
+        """Every open+read+close time, µs."""
+        return [x / 1000 for x in self._run("samples", str(path), str(n))]
 
     def throughput(self, path: Path, threads: int, seconds: float) -> float:
         return self._run("thr", str(path), str(threads), str(seconds))[0]
@@ -284,36 +289,51 @@ MODES: list[tuple[str, str, list[str]]] = [
 THREADS = (1, 4, 16)
 
 
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
 def bench_warm(
     root: Path, client: Client, counts: Counts, backends: list[Backend], results: Results, with_threads: bool
 ) -> None:
-    with tmpfs_dir(root) as shm:
+    """Every configuration mounted at once, measured in interleaved rounds (the machine may be shared:
+    interleaving spreads any background load evenly over the configurations compared)."""
+    rounds = counts.rounds
+    with contextlib.ExitStack() as stack:
+        shm = stack.enter_context(tmpfs_dir(root))
         (shm / "secret").write_text(VALUE)
-        warm_up(shm / "secret")
-        results.warm["tmpfs"] = client.latency(shm / "secret", counts.warm)
-        if with_threads:
-            results.threads["tmpfs"] = {t: client.throughput(shm / "secret", t, counts.seconds) for t in THREADS}
-    log(f"tmpfs {results.warm['tmpfs']}")
-    with minimal_fs(root) as path:
-        warm_up(path)
-        results.warm["minimal"] = client.latency(path, counts.warm_slow)
-        if with_threads:
-            results.threads["minimal"] = {t: client.throughput(path, t, counts.seconds) for t in THREADS}
-    log(f"minimal {results.warm['minimal']}")
-    for backend in backends:
-        backend.put("bench/warm", VALUE)
-        for mode, access, args in MODES:
-            label = f"{backend.label} {mode} {access}"
-            with mounted(backend.instance, root / "mnt-warm", *args) as m:
-                path = m.path / "bench" / "warm"
-                warm_up(path)
-                n = counts.warm if (mode, access) == ("kernel", "read-only") else counts.warm_slow
-                results.warm[label] = client.latency(path, n)
-                if with_threads and backend.kind == "sqlite":
-                    results.threads[f"{mode} {access}"] = {
-                        t: client.throughput(path, t, counts.seconds) for t in THREADS
-                    }
-            log(f"{label} {results.warm[label]}")
+        paths: dict[str, Path] = {"tmpfs": shm / "secret", "minimal": stack.enter_context(minimal_fs(root))}
+        slow: set[str] = {"minimal"}
+        for backend in backends:
+            backend.put("bench/warm", VALUE)
+            for index, (mode, access, args) in enumerate(MODES):
+                label = f"{backend.label} {mode} {access}"
+                m = stack.enter_context(mounted(backend.instance, root / f"mnt-{backend.kind}-{index}", *args))
+                paths[label] = m.path / "bench" / "warm"
+                if (mode, access) != ("kernel", "read-only"):
+                    slow.add(label)
+        for path in paths.values():
+            warm_up(path)
+        samples: dict[str, list[float]] = {label: [] for label in paths}
+        labels = list(paths)
+        for r in range(rounds):
+            for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+                n = (counts.warm_slow if label in slow else counts.warm) // rounds
+                samples[label] += client.samples(paths[label], max(n, 10))
+        for label in labels:
+            results.warm[label] = (statistics.median(samples[label]), percentile(samples[label], 0.99))
+            log(f"{label}: {results.warm[label]}")
+        if not with_threads:
+            return
+        threaded = [label for label in labels if label in ("tmpfs", "minimal") or label.startswith("SQLite")]
+        ops: dict[str, dict[int, float]] = {label: dict.fromkeys(THREADS, 0.0) for label in threaded}
+        for r in range(rounds):
+            for label in threaded[r % len(threaded) :] + threaded[: r % len(threaded)]:
+                for t in THREADS:
+                    ops[label][t] += client.throughput(paths[label], t, counts.seconds / rounds) / rounds
+        for label in threaded:
+            results.threads[label.removeprefix("SQLite ")] = ops[label]
 
 
 # ----- b: cold reads -----------------------------------------------------------------------------
