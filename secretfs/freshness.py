@@ -71,6 +71,22 @@ class Freshness:
 
     # ----- what the kernel holds --------------------------------------------------------------
 
+    def read(self, name: str) -> SecretRecord:
+        """The record the kernel was last given for name, else a read through the cache (tracked).
+
+        The kernel takes a file's size from one request and its contents from others; answering
+        all of them from the same record keeps the two in agreement. The refresher replaces the
+        record (and invalidates the kernel's copy) when the value changes.
+        """
+        with self._lock:
+            record = self._served.get(name)
+            if record is not None:
+                self._served.move_to_end(name)
+                return record
+        record = self.cache.read(name)
+        self.served(name, record)
+        return record
+
     def served(self, name: str, record: SecretRecord) -> None:
         """The kernel was given this record's contents or attributes."""
         if not self.tracking:

@@ -108,24 +108,22 @@ class View:
         store: Store,
         options: ViewOptions,
         *,
-        on_served: Callable[[str, SecretRecord], None] | None = None,
+        reader: Callable[[str], SecretRecord] | None = None,
     ) -> None:
         self.store = store
         self.options = options.resolved()
         self.mounted_at = time.time()
         self._empty_dirs: set[str] = set()
         self._lock = threading.Lock()
-        self._on_served = on_served
+        # How secrets are read: the store itself, or (kernel cache mode) the freshness tracker,
+        # which hands out the record the kernel was last given, so that sizes and contents agree.
+        self._reader = reader or store.read
         # The rendering of the last record read per name: a cache hit returns the same record
         # object, so its bytes are reused instead of rendered again.
         self._rendered: dict[str, tuple[SecretRecord, bytes]] = {}
 
     def _read(self, name: str) -> SecretRecord:
-        """Read a secret, telling the freshness tracker what is about to be served."""
-        record = self.store.read(name)
-        if self._on_served is not None:
-            self._on_served(name, record)
-        return record
+        return self._reader(name)
 
     def _render(self, record: SecretRecord) -> bytes:
         memo = self._rendered.get(record.name)

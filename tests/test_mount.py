@@ -107,15 +107,6 @@ def test_touch_creates_empty_secret_and_utimens(mnt: Mounted) -> None:
     assert sh("touch empty", mnt.path).returncode == 0
 
 
-def test_changes_behind_the_mount_are_seen(mnt: Mounted) -> None:
-    mnt.instance.cli("put", "rotating", input=b"first")
-    assert (mnt.path / "rotating").read_bytes() == b"first"
-    mnt.instance.cli("put", "rotating", input=b"other")  # same size
-    assert (mnt.path / "rotating").read_bytes() == b"other"
-    mnt.instance.cli("rm", "rotating")
-    assert not (mnt.path / "rotating").exists()
-
-
 def test_keys_layout(instance: Instance, tmp_path: Path) -> None:
     instance.cli("put", "app/db", input=b'{"username": "app", "password": "pw", "port": 5432}')
     instance.cli("put", "plain", input=b"just text")
