@@ -115,6 +115,8 @@ class SecretFS(Operations):  # type: ignore[misc]
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
         self._next_fh = itertools.count(1)
+        # Read-only opens in `direct` mode: the content as opened, by file handle (no Handle, no lock).
+        self._snapshots: dict[int, bytes] = {}
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         """Set the kernel cache policy, and learn the `struct fuse *` for invalidations."""
@@ -210,7 +212,8 @@ class SecretFS(Operations):  # type: ignore[misc]
 
     @fs_op
     def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
-        handle = self._handle(fh) if fh is not None and fh.fh else self._pending(path)
+        writer = fh is not None and fh.fh and fh.fh not in self._snapshots
+        handle = self._handle(fh) if writer else self._pending(path)
         if handle is not None and handle.writable and handle.dirty:
             when = time.time() if handle.created else self.view.getattr(path).mtime
             return self.view.file_attr(len(handle.content), when, when).as_stat()
@@ -245,6 +248,12 @@ class SecretFS(Operations):  # type: ignore[misc]
                 # handle), so no snapshot and no handle: open and release stay trivial.
                 fi.keep_cache = 1
                 return 0
+            # `direct` mode: every read of this open sees the content as it was at open.
+            fh = next(self._next_fh)
+            self._snapshots[fh] = self.view.read_file(path)
+            fi.fh = fh
+            fi.direct_io = 1
+            return 0
         if writable:
             self._refuse_if_read_only()
         if writable and fi.flags & os.O_TRUNC:
@@ -264,6 +273,9 @@ class SecretFS(Operations):  # type: ignore[misc]
         if fh is None or not fh.fh:
             # No open handle (read-only kernel mode): the kernel fills its page cache from here.
             return self.view.read_file(path)[offset : offset + size]
+        snapshot = self._snapshots.get(fh.fh)
+        if snapshot is not None:
+            return snapshot[offset : offset + size]
         handle = self._handle(fh)
         with handle.lock:
             return bytes(handle.content[offset : offset + size])
@@ -310,19 +322,23 @@ class SecretFS(Operations):  # type: ignore[misc]
     def flush(self, path: str, fh: Any) -> int:
         if self.kernel_only_reads:
             raise FuseOSError(errno.ENOSYS)
-        if not fh.fh:
-            return 0  # a read-only open in kernel mode (no handle), on a kernel that ignores noflush
+        if not fh.fh or fh.fh in self._snapshots:
+            return 0  # a read-only open (no handle), on a kernel that ignores noflush
         self._commit(self._handle(fh))
         return 0
 
     @fs_op
     def fsync(self, path: str, datasync: int, fh: Any) -> int:
+        if not fh.fh or fh.fh in self._snapshots:
+            return 0  # a read-only open: nothing to commit
         self._commit(self._handle(fh))
         return 0
 
     @fs_op
     def release(self, path: str, fh: Any) -> int:
         key = fh.fh if hasattr(fh, "fh") else fh
+        if self._snapshots.pop(key, None) is not None:
+            return 0
         with self._handles_lock:
             self._handles.pop(key, None)
         return 0
