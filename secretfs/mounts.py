@@ -1,14 +1,20 @@
-"""Mount points: reading /proc/self/mountinfo, waiting until a mount answers, unmounting."""
+"""Mount points: reading /proc/self/mountinfo, telling live from stale mounts, waiting, unmounting."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 FSTYPE = "fuse.secretfs"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,11 +76,84 @@ def is_live(mountpoint: str | Path) -> bool:
     return True
 
 
-def wait_until_live(mountpoint: str | Path, timeout: float, *, alive: object = None) -> bool:
-    """Poll until the mount answers a first listing, or timeout seconds pass."""
+# A FUSE mount whose daemon is gone answers every call with ENOTCONN ("Transport endpoint is not
+# connected"), or ECONNABORTED once its connection was aborted through /sys/fs/fuse/connections.
+DEAD_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
+def probe(mountpoint: str | Path) -> OSError | None:
+    """Stat the mount point: None if it answers, else the error it answered with."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def is_stale(mountpoint: str | Path) -> bool:
+    """Whether a secretfs mount is at mountpoint whose daemon is gone (ENOTCONN)."""
+    if find_mount(mountpoint) is None:
+        return False
+    error = probe(mountpoint)
+    return error is not None and error.errno in DEAD_ERRNOS
+
+
+def mount_state(mountpoint: str | Path) -> str:
+    """ "absent", "live" (answers a listing), "stale" (daemon gone) or "unresponsive" (other errors)."""
+    if find_mount(mountpoint) is None:
+        return "absent"
+    # The root's attributes come from the daemon itself, never from the backend: a mount whose
+    # backend is down is still live (and its status says degraded).
+    if probe(mountpoint) is None:
+        return "live"
+    return "stale" if is_stale(mountpoint) else "unresponsive"
+
+
+def run_bounded(func: Callable[[], T], timeout: float) -> T | None:
+    """func() in a daemon thread; None if it has not returned within timeout seconds.
+
+    A FUSE daemon that never answers leaves that thread blocked in the kernel, never the caller.
+    """
+    result: list[T] = []
+    worker = threading.Thread(target=lambda: result.append(func()), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return result[0] if result else None
+
+
+def is_live_from_child(mountpoint: str | Path, timeout: float = 10.0) -> bool:
+    """Like is_live, but the listing is made by a child process (`ls`).
+
+    The daemon serving a mount must never call into that mount itself: a thread blocked in a
+    request to its own mount cannot be killed (the kernel waits for an answer only the dying
+    process could give), so a SIGKILL at that moment would leave an unkillable process and a mount
+    that cannot be aborted without /sys/fs/fuse/connections.
+    """
+    if find_mount(mountpoint) is None:
+        return False
+    try:
+        result = subprocess.run(
+            ["ls", "-A", "--", os.path.abspath(mountpoint)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return result.returncode == 0
+
+
+def wait_until_live(mountpoint: str | Path, timeout: float, *, alive: object = None, from_child: bool = False) -> bool:
+    """Poll until the mount answers a first listing, or timeout seconds pass.
+
+    from_child: list from a child process; the daemon of that very mount must pass True.
+    """
+    probe = is_live_from_child if from_child else is_live
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if is_live(mountpoint):
+        if probe(mountpoint):
             return True
         if callable(alive) and not alive():
             return False
