@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from secretfs import errors, render
 from secretfs.freshness import Freshness
-from secretfs.fusebind import FuseOSError, Operations, current_fuse, keep_thread_state
+from secretfs.fusebind import FuseOSError, Operations, current_fuse, fuse_get_context, keep_thread_state
 from secretfs.kernel_cache import KernelInvalidator
 from secretfs.stores.base import SecretRecord
 from secretfs.view import View
@@ -53,6 +53,18 @@ ERRNO: dict[type[errors.SecretfsError], int] = {
     errors.CrossDevice: errno.EXDEV,
     errors.ConfigError: errno.EIO,
 }
+
+
+def _tgid(pid: int) -> int:
+    """The process (thread group) of a FUSE request's thread id; the id itself if /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return pid
 
 
 def errno_for(exc: BaseException) -> int:
@@ -99,6 +111,9 @@ class Handle:
     created: bool = False
     failed: int = 0  # errno of a failed write: the handle then never commits
     lock: threading.Lock = field(default_factory=threading.Lock)
+    opener: int = 0  # process (tgid) that opened it: only its own close commits at flush
+    written: bool = False  # a write or truncate came through this handle
+    generation: int = 0  # commits to its path through this mount when it was opened
 
 
 class SecretFS(Operations):  # type: ignore[misc]
@@ -113,6 +128,8 @@ class SecretFS(Operations):  # type: ignore[misc]
         self.read_only = view.options.read_only or view.store.read_only
         self.invalidator = KernelInvalidator() if cache_mode == "kernel" else None
         self._handles: dict[int, Handle] = {}
+        self._generations: dict[str, int] = {}  # commits per path through this mount (see release)
+        self._path_locks: dict[str, threading.Lock] = {}  # one commit at a time per path
         self._handles_lock = threading.Lock()
         self._next_fh = itertools.count(1)
         # Read-only opens in `direct` mode: the content as opened, by file handle (no Handle, no lock).
@@ -169,7 +186,9 @@ class SecretFS(Operations):  # type: ignore[misc]
 
     def _add_handle(self, handle: Handle, fi: Any) -> int:
         fh = next(self._next_fh)
+        handle.opener = _tgid(fuse_get_context()[2])
         with self._handles_lock:
+            handle.generation = self._generations.get(handle.path, 0)
             self._handles[fh] = handle
         fi.fh = fh
         if self.cache_mode == "direct":
@@ -194,19 +213,27 @@ class SecretFS(Operations):  # type: ignore[misc]
                     return handle
         return None
 
-    def _commit(self, handle: Handle) -> None:
-        with handle.lock:
+    def _commit(self, handle: Handle, *, unless_superseded: bool = False) -> None:
+        with self._handles_lock:
+            path_lock = self._path_locks.setdefault(handle.path, threading.Lock())
+        with handle.lock, path_lock:
             if handle.failed:
                 # A write already failed: keep the old value rather than store a partial one.
                 raise FuseOSError(handle.failed)
             if not handle.dirty:
                 return
+            if unless_superseded and self._generations.get(handle.path, 0) != handle.generation:
+                return  # a later open already committed: a delayed release must not undo it
             try:
                 self.view.write_file(handle.path, bytes(handle.content))
+            except errors.SecretfsError as exc:
+                handle.failed = errno_for(exc)  # reported to this close(); never retried at release
+                raise
             finally:
                 self._changed(handle.path)
             handle.dirty = False
             handle.created = False
+            self._generations[handle.path] = self._generations.get(handle.path, 0) + 1
 
     # ----- metadata ---------------------------------------------------------------------------
 
@@ -295,6 +322,7 @@ class SecretFS(Operations):  # type: ignore[misc]
                 handle.content.extend(b"\0" * (offset - len(handle.content)))
             handle.content[offset:end] = data
             handle.dirty = True
+            handle.written = True
         return len(data)
 
     @fs_op
@@ -305,6 +333,8 @@ class SecretFS(Operations):  # type: ignore[misc]
         handle = self._handle(fh) if fh is not None and fh.fh else self._pending(path)
         if handle is not None and handle.writable:
             with handle.lock:
+                # An O_TRUNC open's own truncate to 0 changes nothing and does not count as written.
+                handle.written = handle.written or length != len(handle.content)
                 del handle.content[length:]
                 handle.content.extend(b"\0" * (length - len(handle.content)))
                 handle.dirty = True
@@ -324,8 +354,24 @@ class SecretFS(Operations):  # type: ignore[misc]
             raise FuseOSError(errno.ENOSYS)
         if not fh.fh or fh.fh in self._snapshots:
             return 0  # a read-only open (no handle), on a kernel that ignores noflush
-        self._commit(self._handle(fh))
+        handle = self._handle(fh)
+        if self._flush_commits(handle):
+            self._commit(handle)
         return 0
+
+    @staticmethod
+    def _flush_commits(handle: Handle) -> bool:
+        """Whether this flush commits the buffer, or leaves it to a later flush or to release.
+
+        The kernel sends a flush at every close() of any descriptor of the file. Two closes come
+        before the writer is done, and must not store a partial or empty value (which a crash
+        would then keep): a child closing a descriptor inherited across fork+exec (another
+        process), and a shell's close of the opened descriptor after dup2 (`printf x > f`: an
+        O_TRUNC open with nothing written yet).
+        """
+        if handle.opener and _tgid(fuse_get_context()[2]) != handle.opener:
+            return False
+        return handle.written or handle.created
 
     @fs_op
     def fsync(self, path: str, datasync: int, fh: Any) -> int:
@@ -340,7 +386,10 @@ class SecretFS(Operations):  # type: ignore[misc]
         if self._snapshots.pop(key, None) is not None:
             return 0
         with self._handles_lock:
-            self._handles.pop(key, None)
+            handle = self._handles.pop(key, None)
+        if handle is not None and handle.dirty:
+            # What no flush committed (see _flush_commits); errors are logged.
+            self._commit(handle, unless_superseded=True)
         return 0
 
     # ----- namespace --------------------------------------------------------------------------
