@@ -656,7 +656,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def ratio(a: float | None, b: float | None) -> str:
     if not a or not b or a != a or b != b or a == float("inf"):
         return "n/a"
-    return f"{a / b:.2f}x"
+    return f"{a / b:.2f}x" if a / b >= 0.1 else f"{a / b:.4f}x"
 
 
 def check(limit: float | None, value: float | None, *, at_least: bool = False) -> str:
