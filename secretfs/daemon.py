@@ -54,6 +54,7 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # takes SIGTERM and SIGINT and leaves SIGHUP to libfuse, to hand a busy mount over to it.
 LIBFUSE_EXIT_SIGNAL = signal.SIGHUP
 UNMOUNT_ATTEMPTS = 10
+LOOP_END_WAIT = 3.0
 
 
 def recover_stale(path: Path) -> bool:
@@ -210,6 +211,12 @@ class Shutdown:
         for _ in range(UNMOUNT_ATTEMPTS):
             result = mounts.unmount(self.mountpoint)
             if result.returncode == 0 or self.done.is_set() or mounts.find_mount(self.mountpoint) is None:
+                # The loop ends once the kernel drops the connection; a bind mount of this mount's
+                # root elsewhere (another namespace) keeps it alive: then end it like a busy mount.
+                if self.done.wait(LOOP_END_WAIT):
+                    return
+                log.warning("%s is unmounted but still referenced elsewhere (a bind mount); closing", self.mountpoint)
+                self._hand_over()
                 return
             time.sleep(0.1)
         self.lazy = True
@@ -222,6 +229,12 @@ class Shutdown:
         log.warning(
             "%s is busy (%s); detaching it lazily: open files under it get ENOTCONN from now on", self.mountpoint, busy
         )
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """libfuse's exit handler (SIGHUP) leaves the loop, closes the connection, detaches lazily."""
+        if not self.hup_to_libfuse:
+            return
         with self._lock:
             if not self.done.is_set():
                 signal.pthread_kill(threading.main_thread().ident or 0, LIBFUSE_EXIT_SIGNAL)
