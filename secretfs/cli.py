@@ -216,19 +216,25 @@ def _status(settings: Settings, mountpoint: Path | None) -> tuple[dict[str, Any]
             code = exc.exit_code
         finally:
             store.close()
-    report["mounts"] = [
-        {"mountpoint": m.mountpoint, "options": m.options, "state": mounts.mount_state(m.mountpoint)}
-        for m in mounts.secretfs_mounts()
-    ]
+    # Other mounts are listed from the mount table only: probing them could block on a daemon
+    # that does not answer. The mount asked about is probed, within the timeout.
+    report["mounts"] = [{"mountpoint": m.mountpoint, "options": m.options} for m in mounts.secretfs_mounts()]
     if mountpoint is not None:
-        state = mounts.mount_state(mountpoint)
-        live = state == "live"
-        report["mount"] = {"mountpoint": str(mountpoint.absolute()), "live": live, "state": state}
-        if live:
-            report["mount"]["daemon"] = _daemon_status(mountpoint)
-        if not live:
+        absolute = mountpoint.absolute()
+        probed = mounts.run_bounded(lambda: _probe_mount(absolute), settings.timeout)
+        report["mount"] = probed or {"mountpoint": str(absolute), "live": False, "state": "unresponsive"}
+        if not report["mount"]["live"]:
             code = code or errors.EXIT_BACKEND
     return report, code
+
+
+def _probe_mount(mountpoint: Path) -> dict[str, Any]:
+    """The state of one mount and, when it answers, its daemon's own report."""
+    state = mounts.mount_state(mountpoint)
+    report: dict[str, Any] = {"mountpoint": str(mountpoint), "live": state == "live", "state": state}
+    if state == "live":
+        report["daemon"] = _daemon_status(mountpoint)
+    return report
 
 
 def _daemon_status(mountpoint: Path) -> dict[str, Any]:

@@ -191,7 +191,9 @@ class SecretFS(Operations):  # type: ignore[misc]
             handle.generation = self._generations.get(handle.path, 0)
             self._handles[fh] = handle
         fi.fh = fh
-        if self.cache_mode == "direct":
+        if self.cache_mode == "direct" or handle.writable:
+            # Writers bypass the page cache in both modes: other readers must never see a value
+            # being written, only the committed one (the kernel learns it by invalidation).
             fi.direct_io = 1
         else:
             fi.keep_cache = 1

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.mount import Instance, Mounted, make_instance, mounted
-
-pytest_plugins = ["tests.support.bao"]  # the OpenBao server fixtures: bao_server, fresh_bao
 from tests.support.pg import pg_server, pg_session_url, pg_url
 
 __all__ = ["pg_server", "pg_session_url", "pg_url"]  # fixtures, re-exported for the whole suite
+
+pytest_plugins = ["tests.support.bao"]  # the OpenBao server fixtures: bao_server, fresh_bao
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

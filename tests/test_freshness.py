@@ -6,28 +6,18 @@ Values are changed behind the mount (another process on SQLite, another client o
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.support.bao import ROOT_TOKEN, BaoServer
-from tests.support.mount import Instance, make_instance, mounted
+from tests.support.bao import BaoServer, vault_env
+from tests.support.mount import Instance, make_instance, mounted, os_read
 
 TTL = 1.0
 # The refresher runs every TTL and a pass takes one backend read per tracked secret.
 SLACK = 1.5
-
-
-def os_read(path: Path) -> bytes:
-    """open/read/close as C programs do (Python's open() adds an ioctl that FUSE forwards)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 65536)
-    finally:
-        os.close(fd)
 
 
 def warm(path: Path, expected: bytes) -> None:
@@ -97,14 +87,7 @@ def test_postgresql_change_seen_within_ttl_in_kernel_mode(tmp_path: Path, pg_url
 def test_vault_change_by_bao_kv_put(tmp_path: Path, bao_server: BaoServer, mode: str) -> None:
     sub = f"fresh-{uuid.uuid4().hex[:8]}"
     bao_server.cli("kv", "put", "-mount=secret", f"{sub}/token", "value=vault-AAAA")
-    inst = make_instance(
-        tmp_path,
-        ARCHESTRA_SECRETS_MANAGER="READONLY_VAULT",
-        ARCHESTRA_HASHICORP_VAULT_ADDR=bao_server.addr,
-        ARCHESTRA_ENTERPRISE_LICENSE_ACTIVATED="true",
-        ARCHESTRA_HASHICORP_VAULT_TOKEN=ROOT_TOKEN,
-        ARCHESTRA_HASHICORP_VAULT_SECRET_PATH=f"secret/data/{sub}",
-    )
+    inst = make_instance(tmp_path, **vault_env(bao_server, f"secret/data/{sub}", mode="READONLY_VAULT"))
     with mounted(inst, tmp_path / "m", "--cache-mode", mode, "--cache-ttl", str(TTL)) as m:
         warm(m.path / "token", b"vault-AAAA")
         bao_server.cli("kv", "put", "-mount=secret", f"{sub}/token", "value=vault-BBBB")

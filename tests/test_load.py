@@ -7,7 +7,6 @@ version; `--run-slow` runs the 60-second one.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import threading
 import time
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bao import ROOT_TOKEN, BaoServer
-from tests.support.mount import Instance, Mounted, make_instance, mounted
+from tests.support.bao import BaoServer, vault_env
+from tests.support.mount import Instance, Mounted, make_instance, mounted, os_read
 
 READERS = 16
 SECRETS = 24
@@ -67,12 +66,7 @@ def run_load(m: Mounted, names: list[str], duration: float, write: Writer) -> tu
         while not stop.is_set():
             name = rng.choice(names)
             try:
-                fd = os.open(m.path / name, os.O_RDONLY)
-                try:
-                    data = os.read(fd, 65536)
-                finally:
-                    os.close(fd)
-                check_value(name, data)
+                check_value(name, os_read(m.path / name))
                 reads[slot] += 1
             except Exception as exc:  # every failure is collected and fails the test
                 errors.append(f"read {name}: {exc!r}")
@@ -182,12 +176,4 @@ def test_load_vault_60s(tmp_path: Path, bao_server: BaoServer, cache_mode: str, 
 
 def vault_instance(tmp_path: Path, bao: BaoServer) -> tuple[Instance, str]:
     sub = f"load-{uuid.uuid4().hex[:8]}"
-    inst = make_instance(
-        tmp_path,
-        ARCHESTRA_SECRETS_MANAGER="VAULT",
-        ARCHESTRA_HASHICORP_VAULT_ADDR=bao.addr,
-        ARCHESTRA_ENTERPRISE_LICENSE_ACTIVATED="true",
-        ARCHESTRA_HASHICORP_VAULT_TOKEN=ROOT_TOKEN,
-        ARCHESTRA_HASHICORP_VAULT_SECRET_PATH=f"secret/data/{sub}",
-    )
-    return inst, f"secret/data/{sub}"
+    return make_instance(tmp_path, **vault_env(bao, f"secret/data/{sub}")), f"secret/data/{sub}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import signal
 import time
 import uuid
@@ -18,21 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bao import ROOT_TOKEN, BaoServer
-from tests.support.mount import Instance, Mounted, make_instance, mounted
+from tests.support.bao import BaoServer, vault_env
+from tests.support.mount import Instance, Mounted, make_instance, mounted, os_read
 from tests.support.pg import PgServer, postgres_server
 
 TIMEOUT = 1.0
 MAX_STALE = 4.0
 TTL = 0.5
-
-
-def os_read(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 65536)
-    finally:
-        os.close(fd)
 
 
 def read_errno(path: Path) -> tuple[int, float]:
@@ -128,14 +119,7 @@ def test_vault_timing_out_then_back(tmp_path: Path, fresh_bao: BaoServer, mode: 
     sub = f"outage-{uuid.uuid4().hex[:8]}"
     fresh_bao.cli("kv", "put", "-mount=secret", f"{sub}/known", "value=vault-known")
     fresh_bao.cli("kv", "put", "-mount=secret", f"{sub}/unknown", "value=vault-unknown")
-    inst: Instance = make_instance(
-        tmp_path,
-        ARCHESTRA_SECRETS_MANAGER="VAULT",
-        ARCHESTRA_HASHICORP_VAULT_ADDR=fresh_bao.addr,
-        ARCHESTRA_ENTERPRISE_LICENSE_ACTIVATED="true",
-        ARCHESTRA_HASHICORP_VAULT_TOKEN=ROOT_TOKEN,
-        ARCHESTRA_HASHICORP_VAULT_SECRET_PATH=f"secret/data/{sub}",
-    )
+    inst: Instance = make_instance(tmp_path, **vault_env(fresh_bao, f"secret/data/{sub}"))
     with mounted(inst, tmp_path / "m", *outage_args(mode)) as m:
         try:
             check_outage(

@@ -17,19 +17,13 @@ from typing import Any
 import pytest
 
 from secretfs.errors import EXIT_REFUSED
-from tests.support.bao import KV1_MOUNT, ROOT_TOKEN, BaoServer
+from tests.support.bao import KV1_MOUNT, BaoServer, vault_env
 from tests.support.mount import Instance, make_instance, mounted
 
 
 def vault_instance(tmp_path: Path, bao: BaoServer, subpath: str, **extra: str) -> Instance:
     """A VAULT-mode instance over the dev server's `secret/` KV v2 mount, under its own prefix."""
-    env = {
-        "ARCHESTRA_SECRETS_MANAGER": "VAULT",
-        "ARCHESTRA_HASHICORP_VAULT_ADDR": bao.addr,
-        "ARCHESTRA_ENTERPRISE_LICENSE_ACTIVATED": "true",
-        "ARCHESTRA_HASHICORP_VAULT_TOKEN": ROOT_TOKEN,
-        "ARCHESTRA_HASHICORP_VAULT_SECRET_PATH": f"secret/data/{subpath}",
-    }
+    env = vault_env(bao, f"secret/data/{subpath}")
     env.update(extra)
     return make_instance(tmp_path, **env)
 

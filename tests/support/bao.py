@@ -130,3 +130,14 @@ def fresh_bao(tmp_path: Path) -> Iterator[BaoServer]:
         yield server
     finally:
         server.stop()
+
+
+def vault_env(bao: BaoServer, secret_path: str, *, mode: str = "VAULT") -> dict[str, str]:
+    """The environment of a secretfs instance on this server (root token) under secret_path."""
+    return {
+        "ARCHESTRA_SECRETS_MANAGER": mode,
+        "ARCHESTRA_HASHICORP_VAULT_ADDR": bao.addr,
+        "ARCHESTRA_ENTERPRISE_LICENSE_ACTIVATED": "true",
+        "ARCHESTRA_HASHICORP_VAULT_TOKEN": ROOT_TOKEN,
+        "ARCHESTRA_HASHICORP_VAULT_SECRET_PATH": secret_path,
+    }

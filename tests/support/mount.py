@@ -97,3 +97,12 @@ def mounted(instance: Instance, mountpoint: Path, *args: str, timeout: float = 3
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             force_unmount(mountpoint)
+
+
+def os_read(path: Path) -> bytes:
+    """open/read/close as C programs do (Python's open() adds an isatty ioctl that FUSE forwards)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
