@@ -5,6 +5,9 @@
 - Missing names are remembered for a shorter time (`negative_ttl`), so a burst of lookups of a
   file that does not exist costs one backend query.
 - At most `max_entries` values are kept; the least recently used go first.
+- Listings are read ahead: when a name missing from the cache appears in the last listing of its
+  directory, it and the names listed after it (up to `PREFETCH_WINDOW`) are fetched in one query,
+  when the store can (`read_many`). `ls -l` then costs one query per window instead of one per file.
 - The mount's own writes, deletes and renames invalidate at once; `invalidate_all()` is for
   changes learned from outside (the SQLite watcher, the refresher).
 - Outage policy: when the backend is unavailable, a value fetched successfully within the last
@@ -19,8 +22,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,6 +37,8 @@ DEFAULT_TTL = 5.0
 DEFAULT_MAX_STALE = 300.0
 DEFAULT_MAX_ENTRIES = 100_000
 NEGATIVE_TTL = 1.0
+PREFETCH_WINDOW = 256  # names read ahead in one query after a miss in a listed directory
+LISTED_DIRS = 16  # directories whose last listing is kept as a read-ahead hint
 
 T = TypeVar("T")
 
@@ -97,6 +103,10 @@ class CachingStore:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._dirs: dict[str, tuple[DirListing, float]] = {}
         self._generation = 0
+        # The sorted file names of each recently listed directory: a read-ahead hint only (a stale
+        # hint costs a useless prefetch, never a wrong answer). Kept across invalidations.
+        self._listed: OrderedDict[str, list[str]] = OrderedDict()
+        self._read_many: Callable[[Sequence[str]], dict[str, SecretRecord]] | None = getattr(inner, "read_many", None)
 
     # ----- the cache proper -------------------------------------------------------------------
 
@@ -134,7 +144,51 @@ class CachingStore:
                 if entry.record is None:
                     raise NotFound(f"no secret named {name!r}")
                 return entry.record
+        if self._read_many is not None and self._prefetch(name, now):
+            entry = self._lookup(name)
+            if entry is not None and entry.record is not None:
+                return entry.record
         return self.fetch(name, entry)
+
+    def _prefetch(self, name: str, now: float) -> bool:
+        """Fetch name and the names listed after it that are not fresh here, in one query.
+
+        Returns whether a prefetch ran. Names the query did not return (missing, or not
+        decryptable) are left to their own reads, which report them.
+        """
+        assert self._read_many is not None
+        directory, _, base = name.rpartition("/")
+        prefix = f"{directory}/" if directory else ""
+        with self._lock:
+            files = self._listed.get(directory)
+            if files is None:
+                return False
+            at = bisect_left(files, base)
+            if at >= len(files) or files[at] != base:
+                return False
+            wanted = []
+            for other in files[at : at + PREFETCH_WINDOW]:
+                held = self._entries.get(prefix + other)
+                if held is None or held.record is None or now - held.fetched_at >= self.ttl:
+                    wanted.append(prefix + other)
+            generation = self._generation
+        if len(wanted) < 2:
+            return False  # nothing to gain over a plain read
+        read_many = self._read_many
+        try:
+            records = self._guard(lambda: read_many(wanted))
+        except BackendUnavailable:
+            return False  # the plain read applies the outage policy
+        fetched_at = self._clock()
+        with self._lock:
+            if generation != self._generation:
+                return False  # invalidated while the fetch was in flight
+            for found, record in records.items():
+                self._entries[found] = _Entry(record, fetched_at)
+                self._entries.move_to_end(found)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return True
 
     def fetch(self, name: str, entry: _Entry | None = None) -> SecretRecord:
         """Read from the backend (bypassing freshness), falling back to a value within max_stale."""
@@ -151,6 +205,34 @@ class CachingStore:
             raise
         self._store(name, _Entry(record, self._clock()), generation)
         return record
+
+    @property
+    def can_fetch_many(self) -> bool:
+        return self._read_many is not None
+
+    def fetch_many(self, names: Sequence[str]) -> dict[str, SecretRecord]:
+        """Read names from the backend in bulk (bypassing freshness), for the refresher.
+
+        Names absent from the result were missing or did not decrypt; they are dropped from the
+        cache, so their next read asks the backend and reports which. BackendUnavailable is raised
+        for the whole batch.
+        """
+        assert self._read_many is not None
+        read_many = self._read_many
+        generation = self._generation
+        records = self._guard(lambda: read_many(names))
+        fetched_at = self._clock()
+        with self._lock:
+            if generation == self._generation:
+                for name in names:
+                    record = records.get(name)
+                    if record is None:
+                        self._entries.pop(name, None)
+                    else:
+                        self._entries[name] = _Entry(record, fetched_at)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+        return records
 
     def stale_beyond_limit(self, name: str) -> bool:
         """Whether the last good value of name was fetched more than max_stale seconds ago."""
@@ -204,6 +286,11 @@ class CachingStore:
         with self._lock:
             if generation == self._generation:
                 self._dirs[directory] = (listing, self._clock())
+            if listing.files:
+                self._listed[directory] = listing.files
+                self._listed.move_to_end(directory)
+                while len(self._listed) > LISTED_DIRS:
+                    self._listed.popitem(last=False)
         return listing
 
     def stat(self, name: str) -> SecretMeta:

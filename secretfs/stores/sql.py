@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from secretfs.stores.base import DirListing, SecretMeta, SecretRecord, listing_f
 log = logging.getLogger(__name__)
 
 NAME_LENGTH = 256
+READ_MANY_CHUNK = 500  # names per query in read_many (SQLite allows 32766 parameters)
 
 
 class Timestamp(sa.types.TypeDecorator[float]):
@@ -161,6 +162,9 @@ class SqlStore:
         # that SQL cannot order (SQLite); the newest row is picked by its parsed time in Python.
         self._read_stmt = sa.select(T.updated_at, T.created_at, T.secret).where(T.name == sa.bindparam("name"), VISIBLE)
         self._stat_stmt = sa.select(T.updated_at, T.created_at).where(T.name == sa.bindparam("name"), VISIBLE)
+        self._read_many_stmt = sa.select(T.name, T.updated_at, T.created_at, T.secret).where(
+            T.name.in_(sa.bindparam("names", expanding=True)), VISIBLE
+        )
 
     @property
     def backend(self) -> str:
@@ -206,6 +210,30 @@ class SqlStore:
         else:
             value = stored
         return SecretRecord(name, value, updated, created)
+
+    def read_many(self, names: Sequence[str]) -> dict[str, SecretRecord]:
+        """The records of those names that exist, in one query per READ_MANY_CHUNK names.
+
+        The newest row per name wins, as in read(). A name whose value does not decrypt is left
+        out (its own read() reports the error).
+        """
+        newest: dict[str, tuple[float, float, Any]] = {}
+        for start in range(0, len(names), READ_MANY_CHUNK):
+            chunk = list(names[start : start + READ_MANY_CHUNK])
+            with backend_errors("reading secrets"), self.engine.connect() as conn:
+                rows = conn.execute(self._read_many_stmt, {"names": chunk}).all()
+            for name, updated, created, stored in rows:
+                known = newest.get(name)
+                if known is None or updated > known[0]:
+                    newest[name] = (updated, created, stored)
+        records: dict[str, SecretRecord] = {}
+        for name, (updated, created, stored) in newest.items():
+            try:
+                value = crypto.decrypt(self._key, stored) if crypto.is_encrypted(stored) else stored
+            except IntegrityError:
+                continue
+            records[name] = SecretRecord(name, value, updated, created)
+        return records
 
     def stat(self, name: str) -> SecretMeta:
         with backend_errors(f"reading {name!r}"), self.engine.connect() as conn:

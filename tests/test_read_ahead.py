@@ -1,0 +1,171 @@
+"""Bulk reads: SqlStore.read_many, the value cache's read-ahead after a listing, and the refresher's
+bulk pass. Correctness only (the benchmark measures the speed)."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secretfs import crypto
+from secretfs.cache import PREFETCH_WINDOW, CachingStore
+from secretfs.errors import BackendUnavailable, IntegrityError, NotFound
+from secretfs.freshness import Freshness
+from secretfs.stores.base import SecretRecord
+from secretfs.stores.memory import MemoryStore
+from secretfs.stores.sql import READ_MANY_CHUNK, SqlStore, make_engine
+from secretfs.stores.sql_setup import prepare_database
+from tests.test_sql_store import Db, insert_rows, make_foreign
+
+
+@pytest.fixture
+def key() -> bytes:
+    return crypto.derive_key(secrets.token_urlsafe(24))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
+    if request.param == "sqlite":
+        path = tmp_path / "secretfs.db"
+        return Db("sqlite", f"sqlite:///{path}", path)
+    return Db("postgresql", request.getfixturevalue("pg_url"), None)
+
+
+def open_store(db: Db, key: bytes) -> SqlStore:
+    engine = make_engine(db.url, timeout=10)
+    prepare_database(engine, key)
+    return SqlStore(engine, key)
+
+
+def test_read_many_matches_read(db: Db, key: bytes) -> None:
+    make_foreign(db)
+    insert_rows(
+        db,
+        [
+            {"name": "dup", "secret": crypto.encrypt(key, {"value": "older"}), "updated": "2024-05-01T10:00:00.000Z"},
+            {"name": "dup", "secret": crypto.encrypt(key, {"value": "newer"}), "updated": "2024-05-01 12:00:00"},
+            {"name": "vault/ref", "secret": {"path": "secret/x"}, "is_vault": True},
+        ],
+    )
+    store = open_store(db, key)
+    # Written under another key after the key check: it does not decrypt.
+    insert_rows(db, [{"name": "bad", "secret": crypto.encrypt(crypto.derive_key("other"), {"value": "x"})}])
+    try:
+        for i in range(READ_MANY_CHUNK + 3):  # more than one chunk
+            store.write(f"d/s{i:04d}", {"value": str(i)})
+        names = ["dup", "bad", "vault/ref", "missing", *(f"d/s{i:04d}" for i in range(READ_MANY_CHUNK + 3))]
+        records = store.read_many(names)
+        assert set(records) == {"dup", *(f"d/s{i:04d}" for i in range(READ_MANY_CHUNK + 3))}
+        for name, record in records.items():
+            assert record == store.read(name)
+        assert records["dup"].value == {"value": "newer"}
+        with pytest.raises(IntegrityError):
+            store.read("bad")
+        assert store.read_many([]) == {}
+    finally:
+        store.close()
+
+
+class CountingStore(MemoryStore):
+    """A memory store with read_many, counting backend calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+        self.bulk: list[list[str]] = []
+        self.down = False
+
+    def read(self, name: str) -> SecretRecord:
+        if self.down:
+            raise BackendUnavailable("down")
+        self.reads.append(name)
+        return super().read(name)
+
+    def read_many(self, names: Sequence[str]) -> dict[str, SecretRecord]:
+        if self.down:
+            raise BackendUnavailable("down")
+        self.bulk.append(list(names))
+        out = {}
+        for name in names:
+            with contextlib.suppress(NotFound):
+                out[name] = super().read(name)
+        return out
+
+
+@pytest.fixture
+def counting() -> Iterator[CountingStore]:
+    store = CountingStore()
+    for i in range(PREFETCH_WINDOW + 10):
+        store.write(f"dir/f{i:04d}", {"value": str(i)})
+    store.write("top", "t")
+    yield store
+
+
+def test_listing_reads_ahead_in_one_query(counting: CountingStore) -> None:
+    cache = CachingStore(counting, ttl=60)
+    listing = cache.list_dir("dir")
+    names = [f"dir/{base}" for base in listing.files]
+    values = [cache.read(name).value for name in names]
+    assert values == [{"value": str(i)} for i in range(PREFETCH_WINDOW + 10)]
+    # Two windows: the first read fetched PREFETCH_WINDOW names, the first miss after them the rest.
+    assert [len(batch) for batch in counting.bulk] == [PREFETCH_WINDOW, 10]
+    assert counting.reads == []
+
+
+def test_read_ahead_only_for_listed_names(counting: CountingStore) -> None:
+    cache = CachingStore(counting, ttl=60)
+    assert cache.read("dir/f0000").value == {"value": "0"}  # no listing yet: a plain read
+    assert counting.bulk == [] and counting.reads == ["dir/f0000"]
+    cache.list_dir("dir")
+    with pytest.raises(NotFound):
+        cache.read("dir/nope")  # not in the listing: a plain read
+    assert counting.bulk == []
+
+
+def test_read_ahead_misses_fall_back_to_plain_reads(counting: CountingStore) -> None:
+    cache = CachingStore(counting, ttl=60)
+    cache.list_dir("dir")
+    counting.delete("dir/f0000")  # listed, then deleted: the bulk read does not return it
+    with pytest.raises(NotFound):
+        cache.read("dir/f0000")
+    assert counting.reads == ["dir/f0000"]
+    counting.down = True
+    with pytest.raises(BackendUnavailable):
+        cache.read("dir/f0300")  # outage: the plain read applies the outage policy
+
+
+def test_read_ahead_respects_ttl_and_invalidation(counting: CountingStore) -> None:
+    now = [0.0]
+    cache = CachingStore(counting, ttl=5, clock=lambda: now[0])
+    cache.list_dir("dir")
+    cache.read("dir/f0000")
+    counting.write("dir/f0001", {"value": "changed"})
+    cache.invalidate("dir/f0001")
+    assert cache.read("dir/f0001").value == {"value": "changed"}
+    now[0] = 10.0  # everything expired: the next miss reads ahead again
+    counting.write("dir/f0002", {"value": "later"})
+    assert cache.read("dir/f0002").value == {"value": "later"}
+
+
+def test_refresher_reads_tracked_secrets_in_bulk(counting: CountingStore) -> None:
+    changes: list[tuple[str, Any, Any]] = []
+    cache = CachingStore(counting, ttl=60)
+    fresh = Freshness(cache, on_change=lambda n, o, new: changes.append((n, o, new)), interval=60)
+    for i in range(5):
+        fresh.read(f"dir/f{i:04d}")
+    counting.reads.clear()
+    counting.bulk.clear()
+    counting.write("dir/f0001", {"value": "changed"})
+    counting.delete("dir/f0002")
+    assert fresh.refresh_once() == 2
+    assert len(counting.bulk) == 1 and counting.reads == []
+    assert {name for name, _, _ in changes} == {"dir/f0001", "dir/f0002"}
+    assert fresh.read("dir/f0001").value == {"value": "changed"}
+    counting.down = True
+    changes.clear()
+    assert fresh.refresh_once() == 0  # outage within max_stale: the kernel keeps what it has
+    assert changes == []
