@@ -1,5 +1,5 @@
-"""Bulk reads: SqlStore.read_many, the value cache's read-ahead after a listing, and the refresher's
-bulk pass. Correctness only (the benchmark measures the speed)."""
+"""Bulk reads: SqlStore.read_many, the value cache's read-ahead after a listing, the refresher's
+bulk pass, and the start-up filter for plaintext rows. Correctness only (the benchmark measures speed)."""
 
 from __future__ import annotations
 
@@ -169,3 +169,62 @@ def test_refresher_reads_tracked_secrets_in_bulk(counting: CountingStore) -> Non
     changes.clear()
     assert fresh.refresh_once() == 0  # outage within max_stale: the kernel keeps what it has
     assert changes == []
+
+
+# ----- start-up: the database filters out rows that are surely encrypted ---------------------------
+
+NEAR_ENVELOPES: list[Any] = [
+    {"__encrypted": "V1:abc"},
+    {"__encrypted": "v1"},
+    {"__encrypted": 5},
+    {"__encrypted": None},
+    {"__encrypted": ["v1:abc"]},
+    {"__encrypted": {"v": "v1:abc"}},
+    {"nested": {"__encrypted": "v1:abc"}},
+    ["__encrypted", "v1:abc"],
+    "v1:abc",
+    '{"__encrypted": "v1:abc"}',
+    {"value": "plain"},
+    {},
+]
+
+
+def test_startup_filter_keeps_the_exact_envelope_rule(db: Db, key: bytes) -> None:
+    make_foreign(db)
+    envelope = crypto.encrypt(key, {"value": "already"})
+    with_extra = {**crypto.encrypt(key, {"value": "extra"}), "extra": 1}  # is_encrypted: yes
+    rows = [{"name": f"near/{i}", "secret": value} for i, value in enumerate(NEAR_ENVELOPES)]
+    rows += [{"name": "enc", "secret": envelope}, {"name": "extra", "secret": with_extra}]
+    insert_rows(db, rows)
+    engine = make_engine(db.url, timeout=10)
+    try:
+        assert prepare_database(engine, key) == len(NEAR_ENVELOPES)
+        stored = db.stored()
+        assert stored["enc"] == [envelope]
+        assert stored["extra"] == [with_extra]
+        store = SqlStore(engine, key)
+        for i, value in enumerate(NEAR_ENVELOPES):
+            (row,) = stored[f"near/{i}"]
+            assert crypto.is_encrypted(row) and crypto.decrypt(key, row) == value
+            assert store.read(f"near/{i}").value == value
+        assert prepare_database(engine, key) == 0
+    finally:
+        engine.dispose()
+
+
+def test_startup_filter_with_duplicate_envelope_keys(tmp_path: Path, key: bytes) -> None:
+    # SQLite keeps JSON text as written: with "__encrypted" twice, Python's json takes the last one.
+    db = Db("sqlite", f"sqlite:///{tmp_path / 'f.db'}", tmp_path / "f.db")
+    make_foreign(db)
+    token = crypto.encrypt(key, {"value": "x"})["__encrypted"]
+    db.execute(
+        "INSERT INTO secret (id, name, secret, is_vault, created_at, updated_at) "
+        "VALUES ('a', 'dup-key', :secret, 0, '2024-05-01 10:00:00', '2024-05-01 10:00:00')",
+        {"secret": f'{{"__encrypted": "{token}", "__encrypted": 7}}'},
+    )
+    engine = make_engine(db.url, timeout=10)
+    try:
+        assert prepare_database(engine, key) == 1
+        assert SqlStore(engine, key).read("dup-key").value == {"__encrypted": 7}
+    finally:
+        engine.dispose()
