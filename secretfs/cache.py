@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 5.0
 DEFAULT_MAX_STALE = 300.0
-DEFAULT_MAX_ENTRIES = 100_000
+DEFAULT_MAX_ENTRIES = 10_000  # decrypted records held; the rest cost a backend read (RSS at 100k secrets)
 NEGATIVE_TTL = 1.0
 PREFETCH_WINDOW = 256  # names read ahead in one query after a miss in a listed directory
 LISTED_DIRS = 16  # directories whose last listing is kept as a read-ahead hint

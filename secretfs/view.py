@@ -8,11 +8,13 @@ Every method raises only secretfs.errors exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,6 +34,8 @@ from secretfs.errors import (
 from secretfs.stores.base import SecretRecord, Store
 
 Layout = Literal["file", "keys"]
+
+RENDER_MEMO_ENTRIES = 10_000  # renderings kept (as many as the value cache's default bound)
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,10 @@ class View:
         # which hands out the record the kernel was last given, so that sizes and contents agree.
         self._reader = reader or store.read
         # The rendering of the last record read per name: a cache hit returns the same record
-        # object, so its bytes are reused instead of rendered again.
-        self._rendered: dict[str, tuple[SecretRecord, bytes]] = {}
+        # object, so its bytes are reused instead of rendered again. Bounded like the value cache
+        # (least recently rendered first out), so `ls -l` of a huge directory does not keep them all.
+        self._rendered: OrderedDict[str, tuple[SecretRecord, bytes]] = OrderedDict()
+        self._rendered_max = RENDER_MEMO_ENTRIES
 
     def _read(self, name: str) -> SecretRecord:
         return self._reader(name)
@@ -131,6 +137,9 @@ class View:
             return memo[1]
         content = render.render(record.value)
         self._rendered[record.name] = (record, content)
+        if len(self._rendered) > self._rendered_max:
+            with contextlib.suppress(KeyError):  # another thread may have emptied it meanwhile
+                self._rendered.popitem(last=False)
         return content
 
     # ----- attributes -------------------------------------------------------------------------
