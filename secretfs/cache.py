@@ -8,6 +8,7 @@
 - Listings are read ahead: when a name missing from the cache appears in the last listing of its
   directory, it and the names listed after it (up to `PREFETCH_WINDOW`) are fetched in one query,
   when the store can (`read_many`). `ls -l` then costs one query per window instead of one per file.
+  A value only read ahead, never read, is not served in an outage.
 - The mount's own writes, deletes and renames invalidate at once; `invalidate_all()` is for
   changes learned from outside (the SQLite watcher, the refresher).
 - Outage policy: when the backend is unavailable, a value fetched successfully within the last
@@ -47,6 +48,9 @@ T = TypeVar("T")
 class _Entry:
     record: SecretRecord | None  # None: the name was missing
     fetched_at: float
+    # Whether a read was answered from it. A record only read ahead is not served in an outage
+    # (a value nobody read fails as one never fetched does).
+    served: bool = True
 
 
 class Health:
@@ -143,10 +147,13 @@ class CachingStore:
             if now - entry.fetched_at < fresh_for:
                 if entry.record is None:
                     raise NotFound(f"no secret named {name!r}")
+                if not entry.served:
+                    entry.served = True
                 return entry.record
         if self._read_many is not None and self._prefetch(name, now):
             entry = self._lookup(name)
             if entry is not None and entry.record is not None:
+                entry.served = True
                 return entry.record
         return self.fetch(name, entry)
 
@@ -184,7 +191,7 @@ class CachingStore:
             if generation != self._generation:
                 return False  # invalidated while the fetch was in flight
             for found, record in records.items():
-                self._entries[found] = _Entry(record, fetched_at)
+                self._entries[found] = _Entry(record, fetched_at, served=False)
                 self._entries.move_to_end(found)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -200,7 +207,12 @@ class CachingStore:
             raise
         except BackendUnavailable:
             entry = entry or self._lookup(name)
-            if entry is not None and entry.record is not None and self._clock() - entry.fetched_at < self.max_stale:
+            if (
+                entry is not None
+                and entry.record is not None
+                and entry.served
+                and self._clock() - entry.fetched_at < self.max_stale
+            ):
                 return entry.record
             raise
         self._store(name, _Entry(record, self._clock()), generation)
@@ -237,7 +249,12 @@ class CachingStore:
     def stale_beyond_limit(self, name: str) -> bool:
         """Whether the last good value of name was fetched more than max_stale seconds ago."""
         entry = self._lookup(name)
-        return entry is None or entry.record is None or self._clock() - entry.fetched_at >= self.max_stale
+        return (
+            entry is None
+            or entry.record is None
+            or not entry.served
+            or self._clock() - entry.fetched_at >= self.max_stale
+        )
 
     def cached_names(self) -> list[str]:
         """Names whose values are held now (the refresher re-checks these)."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from secretfs import crypto
 from secretfs.cache import PREFETCH_WINDOW, CachingStore
@@ -138,6 +140,18 @@ def test_read_ahead_misses_fall_back_to_plain_reads(counting: CountingStore) -> 
         cache.read("dir/f0300")  # outage: the plain read applies the outage policy
 
 
+def test_values_only_read_ahead_are_not_served_in_an_outage(counting: CountingStore) -> None:
+    now = [0.0]
+    cache = CachingStore(counting, ttl=1, max_stale=100, clock=lambda: now[0])
+    cache.list_dir("dir")
+    cache.read("dir/f0000")  # reads f0001 ahead too
+    now[0] = 5.0
+    counting.down = True
+    assert cache.read("dir/f0000").value == {"value": "0"}  # read before: served within max_stale
+    with pytest.raises(BackendUnavailable):
+        cache.read("dir/f0001")  # never read: fails as a value never fetched does
+
+
 def test_read_ahead_respects_ttl_and_invalidation(counting: CountingStore) -> None:
     now = [0.0]
     cache = CachingStore(counting, ttl=5, clock=lambda: now[0])
@@ -226,5 +240,46 @@ def test_startup_filter_with_duplicate_envelope_keys(tmp_path: Path, key: bytes)
     try:
         assert prepare_database(engine, key) == 1
         assert SqlStore(engine, key).read("dup-key").value == {"__encrypted": 7}
+    finally:
+        engine.dispose()
+
+
+# ----- SQLite: reads on a raw connection per thread --------------------------------------------------
+
+
+def test_sqlite_fast_reads(tmp_path: Path, key: bytes) -> None:
+    db = Db("sqlite", f"sqlite:///{tmp_path / 'f.db'}", tmp_path / "f.db")
+    store = open_store(db, key)
+    try:
+        assert store._fast is not None
+        store.write("a", {"value": "1"})
+        results: list[Any] = []
+        threads = [threading.Thread(target=lambda: results.append(store.read("a").value)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results == [{"value": "1"}] * 4
+        store.write("a", {"value": "2"})  # written through the engine, seen by the raw connection
+        assert store.read("a").value == {"value": "2"}
+        assert store.read_many(["a", "b"]) == {"a": store.read("a")}
+        with pytest.raises(NotFound):
+            store.read("b")
+        store.close()
+        assert store.read("a").value == {"value": "2"}  # reconnects after close, as the engine does
+        db.execute("DROP TABLE secret")
+        with pytest.raises(BackendUnavailable):
+            store.read("a")
+        with pytest.raises(BackendUnavailable):
+            store.read_many(["a"])
+    finally:
+        store.close()
+
+
+def test_no_fast_reads_for_engines_not_made_here(tmp_path: Path, key: bytes) -> None:
+    # Only engines from make_engine (whose timeout and pragmas the raw connections copy) read raw.
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    try:
+        assert SqlStore(engine, key)._fast is None
     finally:
         engine.dispose()

@@ -7,9 +7,14 @@ reaches the database and decrypted after it leaves; plaintext never touches the 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import sqlite3
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -97,6 +102,18 @@ VISIBLE = secret_table.c.is_vault.isnot(True)
 T = secret_table.c
 
 
+# SQLite engines made by make_engine, with their timeout: SqlStore reads them on a raw connection.
+_SQLITE_TIMEOUTS: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+
+
+def _sqlite_pragmas(cursor: Any, timeout: float) -> None:
+    cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    cursor.execute("PRAGMA synchronous=FULL")
+    # Overwritten and deleted content is zeroed, so plaintext rows encrypted at startup (and
+    # old ciphertexts) do not survive in free pages. Debian's SQLite does this by default.
+    cursor.execute("PRAGMA secure_delete=ON")
+
+
 def make_engine(url: str, *, timeout: float) -> Engine:
     """An engine with bounded timeouts; SQLite connections get WAL-friendly pragmas."""
     parsed = sa.engine.make_url(url)
@@ -111,13 +128,10 @@ def make_engine(url: str, *, timeout: float) -> Engine:
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            cursor.execute("PRAGMA synchronous=FULL")
-            # Overwritten and deleted content is zeroed, so plaintext rows encrypted at startup (and
-            # old ciphertexts) do not survive in free pages. Debian's SQLite does this by default.
-            cursor.execute("PRAGMA secure_delete=ON")
+            _sqlite_pragmas(cursor, timeout)
             cursor.close()
 
+        _SQLITE_TIMEOUTS[engine] = timeout
         return engine
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql":
@@ -151,6 +165,76 @@ def like_prefix(prefix: str) -> str:
     return escaped + "%"
 
 
+class _SqliteReader:
+    """Reads on one raw sqlite3 connection per thread (no SQLAlchemy execution machinery).
+
+    The same file, timeout and pragmas as the engine's connections; autocommit, so every SELECT
+    sees the latest committed state. Used for read() and read_many() on SQLite files only.
+    """
+
+    READ = "SELECT updated_at, created_at, secret FROM secret WHERE name = ? AND is_vault IS NOT 1"
+    READ_MANY = "SELECT name, updated_at, created_at, secret FROM secret WHERE name IN ({}) AND is_vault IS NOT 1"
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[sqlite3.Connection] = []
+        self._generation = 0
+
+    @staticmethod
+    def for_engine(engine: Engine) -> _SqliteReader | None:
+        timeout = _SQLITE_TIMEOUTS.get(engine)
+        url = engine.url
+        database = url.database
+        if timeout is None or url.query or not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return _SqliteReader(os.path.abspath(database), timeout)
+
+    def connection(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.generation != self._generation:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            cursor = conn.cursor()
+            _sqlite_pragmas(cursor, self.timeout)
+            cursor.close()
+            with self._lock:
+                self._open.append(conn)
+                local.generation = self._generation
+            local.conn = conn
+        return conn
+
+    def rows(self, name: str) -> list[Any]:
+        return self.connection().execute(self.READ, (name,)).fetchall()
+
+    def rows_many(self, names: list[str]) -> list[Any]:
+        sql = self.READ_MANY.format(",".join("?" * len(names)))
+        return self.connection().execute(sql, names).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._open = self._open, []
+            self._generation += 1
+        for conn in conns:
+            conn.close()
+
+
+@contextlib.contextmanager
+def _sqlite_errors(what: str) -> Iterator[None]:
+    """The raw reader's errors, mapped as backend_errors maps the engine's."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise BackendUnavailable(f"database unavailable while {what} ({type(exc).__name__})") from None
+
+
+def _parse_row(updated: Any, created: Any, stored: Any) -> tuple[float, float, Any]:
+    """A raw SQLite row as the engine's column types would give it (epoch times, parsed JSON)."""
+    return to_epoch(updated), to_epoch(created), None if stored is None else json.loads(stored)
+
+
 class SqlStore:
     """The `secret` table, read and written through one key."""
 
@@ -162,6 +246,7 @@ class SqlStore:
         # that SQL cannot order (SQLite); the newest row is picked by its parsed time in Python.
         self._read_stmt = sa.select(T.updated_at, T.created_at, T.secret).where(T.name == sa.bindparam("name"), VISIBLE)
         self._stat_stmt = sa.select(T.updated_at, T.created_at).where(T.name == sa.bindparam("name"), VISIBLE)
+        self._fast = _SqliteReader.for_engine(engine)
         self._read_many_stmt = sa.select(T.name, T.updated_at, T.created_at, T.secret).where(
             T.name.in_(sa.bindparam("names", expanding=True)), VISIBLE
         )
@@ -196,8 +281,14 @@ class SqlStore:
         return listing_from_names(names, directory)
 
     def read(self, name: str) -> SecretRecord:
-        with backend_errors(f"reading {name!r}"), self.engine.connect() as conn:
-            rows = conn.execute(self._read_stmt, {"name": name}).all()
+        rows: Sequence[Any]
+        if self._fast is not None:
+            with _sqlite_errors(f"reading {name!r}"):
+                raw = self._fast.rows(name)
+            rows = [_parse_row(*row) for row in raw]
+        else:
+            with backend_errors(f"reading {name!r}"), self.engine.connect() as conn:
+                rows = conn.execute(self._read_stmt, {"name": name}).all()
         if not rows:
             raise NotFound(f"no secret named {name!r}")
         updated, created, stored = max(rows, key=lambda r: r[0])
@@ -220,8 +311,14 @@ class SqlStore:
         newest: dict[str, tuple[float, float, Any]] = {}
         for start in range(0, len(names), READ_MANY_CHUNK):
             chunk = list(names[start : start + READ_MANY_CHUNK])
-            with backend_errors("reading secrets"), self.engine.connect() as conn:
-                rows = conn.execute(self._read_many_stmt, {"names": chunk}).all()
+            rows: Sequence[Any]
+            if self._fast is not None:
+                with _sqlite_errors("reading secrets"):
+                    raw = self._fast.rows_many(chunk)
+                rows = [(row[0], *_parse_row(*row[1:])) for row in raw]
+            else:
+                with backend_errors("reading secrets"), self.engine.connect() as conn:
+                    rows = conn.execute(self._read_many_stmt, {"names": chunk}).all()
             for name, updated, created, stored in rows:
                 known = newest.get(name)
                 if known is None or updated > known[0]:
@@ -323,4 +420,6 @@ class SqlStore:
         }
 
     def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         self.engine.dispose()
