@@ -3,7 +3,8 @@
 Three sources of news, one job: when a secret's value changes, drop it from the value cache and,
 in `kernel` cache mode, invalidate its paths in the kernel (page cache and attributes).
 - the mount's own writes (the adapter calls `changed()`);
-- a watchdog observer on the SQLite file and its WAL (another process wrote): a refresh pass now;
+- a watchdog observer on the SQLite file and its WAL (another process wrote): a refresh pass now,
+  and one more `FOLLOWUP_DELAY` later (the event can precede the commit);
 - a background refresher that, every TTL, re-reads the secrets the kernel was served recently
   and invalidates those that changed.
 
@@ -31,6 +32,7 @@ from secretfs.stores.base import SecretRecord
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TRACKED = 1000
+FOLLOWUP_DELAY = 0.2  # seconds from a pass triggered by the SQLite watcher to its follow-up pass
 
 # Called with (name, old record or None, new record or None) when a served secret changed.
 ChangeCallback = Callable[[str, SecretRecord | None, SecretRecord | None], None]
@@ -174,15 +176,23 @@ class Freshness:
         return changed
 
     def _run(self) -> None:
+        followup = False
         while not self._stop.is_set():
-            self._wake.wait(self.interval)
+            woken = self._wake.wait(min(self.interval, FOLLOWUP_DELAY) if followup else self.interval)
             self._wake.clear()
             if self._stop.is_set():
                 return
+            if followup and not woken:
+                # A watcher event can come before the writer's commit is visible (the WAL is
+                # written first): the pass it triggered may have read the old value. One more
+                # pass shortly after catches it, instead of the next periodic pass a TTL later.
+                self._external.set()
+            external = self._external.is_set()
             try:
                 self.refresh_once()
             except Exception as exc:
                 log.error("refresh pass failed: %s", type(exc).__name__)
+            followup = external and not (followup and not woken)
 
     def poke(self) -> None:
         """Something outside changed the backend: refresh now."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -283,3 +284,24 @@ def test_no_fast_reads_for_engines_not_made_here(tmp_path: Path, key: bytes) -> 
         assert SqlStore(engine, key)._fast is None
     finally:
         engine.dispose()
+
+
+# ----- the SQLite watcher: a follow-up pass after an event -------------------------------------------
+
+
+def test_watcher_event_gets_a_follow_up_pass(counting: CountingStore) -> None:
+    # The event may come before the writer's commit is visible: one more pass follows shortly.
+    cache = CachingStore(counting, ttl=60)
+    fresh = Freshness(cache, on_change=lambda n, o, new: None, interval=60)
+    fresh.start()
+    try:
+        fresh.read("dir/f0000")
+        fresh.poke()
+        deadline = time.monotonic() + 10
+        while fresh.passes < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fresh.passes == 2  # the event's pass and its follow-up, long before the 60 s pass
+        time.sleep(0.5)
+        assert fresh.passes == 2  # one follow-up only
+    finally:
+        fresh.stop()
