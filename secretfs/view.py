@@ -198,10 +198,15 @@ class View:
 
     def _is_dir(self, name: str) -> bool:
         with self._lock:
-            if name in self._empty_dirs:
+            if name in self._empty_dirs or self._has_empty_below(name):
                 return True
         listing = self.store.list_dir(name)
         return bool(listing.files or listing.dirs)
+
+    def _has_empty_below(self, name: str) -> bool:
+        """Whether an empty directory lies below name (it implies name as a secret would). Hold the lock."""
+        prefix = f"{name}/"
+        return any(empty.startswith(prefix) for empty in self._empty_dirs)
 
     # ----- directories ------------------------------------------------------------------------
 
@@ -227,8 +232,8 @@ class View:
         prefix = f"{name}/" if name else ""
         with self._lock:
             for empty in self._empty_dirs:
-                if empty.startswith(prefix) and "/" not in empty[len(prefix) :]:
-                    entries[empty[len(prefix) :]] = None
+                if empty.startswith(prefix):  # an empty directory, or the one that leads to it
+                    entries[empty[len(prefix) :].partition("/")[0]] = None
         return list(entries)
 
     def mkdir(self, path: str) -> None:
@@ -254,6 +259,7 @@ class View:
             raise DirectoryNotEmpty(f"{name!r} is not empty")
         with self._lock:
             self._empty_dirs.discard(name)
+        self._keep_parent(name)
 
     # ----- files ------------------------------------------------------------------------------
 
@@ -370,13 +376,22 @@ class View:
 
     def _rename_dir(self, old: str, new: str) -> None:
         listing = self.store.list_dir(old)
-        populated = bool(listing.files or listing.dirs)
+        with self._lock:
+            populated = bool(listing.files or listing.dirs) or self._has_empty_below(old)
         if not populated:
+            try:
+                if self.getattr(new).is_dir and self.readdir(new):
+                    raise DirectoryNotEmpty(f"{new!r} is not empty")
+            except NotFound:
+                pass
             with self._lock:
-                if old in self._empty_dirs:
+                moved = old in self._empty_dirs
+                if moved:
                     self._empty_dirs.discard(old)
                     self._empty_dirs.add(new)
-                    return
+            if moved:
+                self._keep_parent(old)
+                return
             if self.options.layout == "keys":
                 # A secret's directory with no sub-secrets: the secret itself moves.
                 self.store.rename(old, new)
