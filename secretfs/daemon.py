@@ -316,6 +316,9 @@ def run_foreground(settings: Settings, options: MountOptions, ready: list[Callab
         "fsname": "secretfs",
         "subtype": "secretfs",
         "default_permissions": True,
+        # Remove at unlink even when the file is still open (its release is asynchronous): no
+        # `.fuse_hiddenNNNN` rename, which stored the secret under that name until the release.
+        "hard_remove": True,
         "debug": options.debug,
     }
     if options.allow_other:
