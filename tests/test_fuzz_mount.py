@@ -544,7 +544,9 @@ class MountMachine(RuleBasedStateMachine):
         assert files == self.model.files
 
 
-def run_machine(tmp_path: Path, mount_args: tuple[str, ...], examples: int, steps: int) -> None:
+def run_machine(
+    tmp_path: Path, mount_args: tuple[str, ...], examples: int, steps: int, *, derandomize: bool = False
+) -> None:
     instance = make_instance(tmp_path)
     with mounted(instance, tmp_path / "mnt", *mount_args) as mnt:
         machine = type("MountMachine", (MountMachine,), {"root": mnt.path})
@@ -554,6 +556,7 @@ def run_machine(tmp_path: Path, mount_args: tuple[str, ...], examples: int, step
                 max_examples=examples,
                 stateful_step_count=steps,
                 deadline=None,
+                derandomize=derandomize,
                 print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
             ),
@@ -567,7 +570,10 @@ CACHE_MODES = {"kernel": (), "direct": ("--cache-mode", "direct")}
 def test_fuzz_mount(tmp_path: Path, mode: str) -> None:
     examples = int(os.environ.get("SECRETFS_FUZZ_EXAMPLES", "20"))
     steps = int(os.environ.get("SECRETFS_FUZZ_STEPS", "15"))
-    run_machine(tmp_path, CACHE_MODES[mode], examples, steps)
+    # The default (CI) run explores the same examples every time, so a CI failure is reproducible;
+    # asking for a number of examples, or --run-slow, explores at random.
+    fixed = "SECRETFS_FUZZ_EXAMPLES" not in os.environ
+    run_machine(tmp_path, CACHE_MODES[mode], examples, steps, derandomize=fixed)
 
 
 @pytest.mark.slow
@@ -595,7 +601,9 @@ def test_unlink_while_open_leaves_no_hidden_file(tmp_path: Path) -> None:
         assert os.listdir(mnt.path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="open bug: a failed create leaves a kernel dentry (no entry invalidation)")
+# Not strict: the kernel's entry for the name expires by itself (1 s in direct mode), so a slow run
+# may pass; the bug is that it exists at all.
+@pytest.mark.xfail(strict=False, reason="open bug: a failed create leaves a kernel dentry (no entry invalidation)")
 @pytest.mark.parametrize("mode", sorted(CACHE_MODES))
 def test_efbig_create_leaves_no_name(tmp_path: Path, mode: str) -> None:
     """Creating a new file past 1 MiB fails with EFBIG (at write and at close) and leaves no name.
