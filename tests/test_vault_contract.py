@@ -34,37 +34,29 @@ def kv2_settings(bao: BaoServer, subpath: str) -> VaultSettings:
     )
 
 
-class TestVaultKV1(StoreContract):
+class VaultContract(StoreContract):
+    """The store contract on a VaultStore; subclasses give the settings (KV version, paths)."""
+
+    @pytest.fixture
+    def store(self, settings: VaultSettings) -> Iterator[Store]:
+        s = VaultStore(settings)
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def read_only_store(self, settings: VaultSettings) -> Iterator[Store]:
+        s = VaultStore(settings, read_only=True)
+        yield s
+        s.close()
+
+
+class TestVaultKV1(VaultContract):
     @pytest.fixture
     def settings(self, bao_server: BaoServer) -> VaultSettings:
         return kv1_settings(bao_server, f"{KV1_MOUNT}/contract-{uuid.uuid4().hex[:8]}")
 
-    @pytest.fixture
-    def store(self, settings: VaultSettings) -> Iterator[Store]:
-        s = VaultStore(settings)
-        yield s
-        s.close()
 
-    @pytest.fixture
-    def read_only_store(self, settings: VaultSettings) -> Iterator[Store]:
-        s = VaultStore(settings, read_only=True)
-        yield s
-        s.close()
-
-
-class TestVaultKV2(StoreContract):
+class TestVaultKV2(VaultContract):
     @pytest.fixture
     def settings(self, bao_server: BaoServer) -> VaultSettings:
         return kv2_settings(bao_server, f"contract-{uuid.uuid4().hex[:8]}")
-
-    @pytest.fixture
-    def store(self, settings: VaultSettings) -> Iterator[Store]:
-        s = VaultStore(settings)
-        yield s
-        s.close()
-
-    @pytest.fixture
-    def read_only_store(self, settings: VaultSettings) -> Iterator[Store]:
-        s = VaultStore(settings, read_only=True)
-        yield s
-        s.close()

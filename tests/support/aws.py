@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import pytest
 import requests
 
 from tests.support.bao import BaoServer, free_port
+from tests.support.http import serve
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
@@ -190,12 +191,6 @@ def _handler(state: AwsLoginProxy) -> type[BaseHTTPRequestHandler]:
 def aws_login_proxy(bao: BaoServer, sts_url: str, **options: Any) -> Iterator[AwsLoginProxy]:
     """Run the stand-in on a free loopback port until the block ends."""
     state = AwsLoginProxy(bao, sts_url, **options)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve(_handler(state)) as url:
+        state.url = url
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()

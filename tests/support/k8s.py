@@ -15,10 +15,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+
+from tests.support.http import serve
 
 # Any PEM certificate will do: OpenBao needs kubernetes_ca_cert, but talks plain HTTP to this server.
 DUMMY_CA_PEM = """-----BEGIN CERTIFICATE-----
@@ -119,12 +121,6 @@ def _handler(state: TokenReviewServer) -> type[BaseHTTPRequestHandler]:
 def token_review() -> Iterator[TokenReviewServer]:
     """A TokenReview endpoint on a free loopback port, for this test."""
     state = TokenReviewServer()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve(_handler(state)) as url:
+        state.url = url
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
