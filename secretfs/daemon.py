@@ -307,6 +307,7 @@ def run_foreground(settings: Settings, options: MountOptions, ready: list[Callab
         cache_ttl=options.cache_ttl,
         max_stale=options.max_stale,
     )
+    operations.mountpoint = str(mountpoint)
     stop = threading.Event()
     live = threading.Event()
     threading.Thread(target=_report_ready, args=(mountpoint, callbacks, stop, live), daemon=True).start()

@@ -20,7 +20,14 @@ from typing import Any, Literal, TypeVar
 
 from secretfs import errors, render
 from secretfs.freshness import Freshness
-from secretfs.fusebind import FuseOSError, Operations, current_fuse, fuse_get_context, keep_thread_state
+from secretfs.fusebind import (
+    FuseOSError,
+    Operations,
+    current_fuse,
+    fuse_get_context,
+    invalidate_entry,
+    keep_thread_state,
+)
 from secretfs.kernel_cache import KernelInvalidator
 from secretfs.stores.base import SecretRecord
 from secretfs.view import View
@@ -127,6 +134,8 @@ class SecretFS(Operations):  # type: ignore[misc]
         self.freshness = freshness
         self.read_only = view.options.read_only or view.store.read_only
         self.invalidator = KernelInvalidator() if cache_mode == "kernel" else None
+        self.mountpoint: str | None = None  # set by the daemon: where the kernel sees this tree
+        self._fuse = 0
         self._handles: dict[int, Handle] = {}
         self._generations: dict[str, int] = {}  # commits per path through this mount (see release)
         self._path_locks: dict[str, threading.Lock] = {}  # one commit at a time per path
@@ -142,8 +151,9 @@ class SecretFS(Operations):  # type: ignore[misc]
             config.attr_timeout = KERNEL_TIMEOUT
             config.entry_timeout = KERNEL_TIMEOUT
             config.negative_timeout = 0.0
+        self._fuse = current_fuse()
         if self.invalidator is not None:
-            self.invalidator.attach(current_fuse())
+            self.invalidator.attach(self._fuse)
         if self.freshness is not None:
             self.freshness.start()
 
@@ -221,6 +231,7 @@ class SecretFS(Operations):  # type: ignore[misc]
         with handle.lock, path_lock:
             if handle.failed:
                 # A write already failed: keep the old value rather than store a partial one.
+                self._forget_failed_create(handle)
                 raise FuseOSError(handle.failed)
             if not handle.dirty:
                 return
@@ -230,12 +241,31 @@ class SecretFS(Operations):  # type: ignore[misc]
                 self.view.write_file(handle.path, bytes(handle.content))
             except errors.SecretfsError as exc:
                 handle.failed = errno_for(exc)  # reported to this close(); never retried at release
+                self._forget_failed_create(handle)
                 raise
             finally:
                 self._changed(handle.path)
             handle.dirty = False
             handle.created = False
             self._generations[handle.path] = self._generations.get(handle.path, 0) + 1
+
+    def _forget_failed_create(self, handle: Handle) -> None:
+        """A new file whose value was never stored: drop the name the kernel made for it at create.
+
+        Called from flush/release (never from a request on the parent directory, which would
+        deadlock the entry invalidation).
+        """
+        if not handle.created:
+            return
+        handle.created = False  # stat no longer sees it as pending
+        if not (self.mountpoint and self._fuse):
+            return
+        parent, _, name = handle.path.strip("/").rpartition("/")
+        try:
+            parent_ino = os.stat(os.path.join(self.mountpoint, parent)).st_ino
+        except OSError:
+            return
+        invalidate_entry(self._fuse, parent_ino, name)
 
     # ----- metadata ---------------------------------------------------------------------------
 

@@ -79,3 +79,22 @@ def keep_thread_state() -> None:
     if not getattr(_thread_kept, "kept", False):
         _gilstate_ensure()
         _thread_kept.kept = True
+
+
+_get_session = mfusepy._libfuse.fuse_get_session
+_get_session.argtypes = (ctypes.c_void_p,)
+_get_session.restype = ctypes.c_void_p
+_inval_entry = mfusepy._libfuse.fuse_lowlevel_notify_inval_entry
+_inval_entry.argtypes = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t)
+_inval_entry.restype = ctypes.c_int
+
+
+def invalidate_entry(fuse: int, parent_ino: int, name: str) -> int:
+    """libfuse 3's fuse_lowlevel_notify_inval_entry: drop the kernel's directory entry parent/name.
+
+    parent_ino is the parent directory's node id, which is its st_ino (secretfs does not set
+    use_ino, so libfuse reports node ids as inode numbers). Must not be called while handling a
+    lookup/create/rename/unlink/... of that parent; a flush or release is fine.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    return int(_inval_entry(_get_session(ctypes.c_void_p(fuse)), parent_ino, raw, len(raw)))

@@ -601,17 +601,14 @@ def test_unlink_while_open_leaves_no_hidden_file(tmp_path: Path) -> None:
         assert os.listdir(mnt.path) == []
 
 
-# Not strict: the kernel's entry for the name expires by itself (1 s in direct mode), so a slow run
-# may pass; the bug is that it exists at all.
-@pytest.mark.xfail(strict=False, reason="open bug: a failed create leaves a kernel dentry (no entry invalidation)")
 @pytest.mark.parametrize("mode", sorted(CACHE_MODES))
 def test_efbig_create_leaves_no_name(tmp_path: Path, mode: str) -> None:
     """Creating a new file past 1 MiB fails with EFBIG (at write and at close) and leaves no name.
 
-    Open bug, found by the fuzzer: the kernel keeps the dentry the create made (1 s in `direct`
-    mode, an hour in `kernel` mode), so a path under the name answers ENOTDIR instead of ENOENT, and
-    `open(O_CREAT)` without O_EXCL answers ENOENT. libfuse's fuse_invalidate_path drops attributes
-    and pages, not the entry; the fix needs fuse_lowlevel_notify_inval_entry with the parent's node.
+    Found by the fuzzer: the kernel kept the dentry the create made (1 s in `direct` mode, an hour
+    in `kernel` mode), so a path under the name answered ENOTDIR instead of ENOENT, and
+    `open(O_CREAT)` without O_EXCL answered ENOENT. The failed commit now drops that entry
+    (fuse_lowlevel_notify_inval_entry with the parent's node id).
     """
     instance = make_instance(tmp_path)
     with mounted(instance, tmp_path / "mnt", *CACHE_MODES[mode]) as mnt:
