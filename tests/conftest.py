@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,3 +41,14 @@ def mnt(instance: Instance, tmp_path: Path) -> Iterator[Mounted]:
     """A live writable mount over the instance's SQLite database."""
     with mounted(instance, tmp_path / "mnt") as m:
         yield m
+
+
+@pytest.fixture
+def credentials_dir() -> Iterator[Path]:
+    """Like systemd's $CREDENTIALS_DIRECTORY: in memory (tmpfs), not on disk."""
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    path = Path(tempfile.mkdtemp(prefix="secretfs-creds-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -317,15 +317,20 @@ class MountMachine(RuleBasedStateMachine):
         if existed and not content:
             self.wait_for_size(name, 0)  # committed at release (see create)
 
-    @rule(data=st.data(), offset=offsets, content=contents)
-    def write_at(self, data: st.DataObject, offset: int, content: bytes) -> None:
-        """open(O_RDWR), pwrite at an offset, close; until close, readers see the old value."""
-        name = self.pick(data, "file")
+    def open_rdwr(self, name: str) -> int | None:
+        """open(name, O_RDWR), checking the errno the model predicts; the fd, or None if refused."""
         expected = self.model.lookup_error(name)
         if expected is None and self.model.kind(name) == "dir":
             expected = errno.EISDIR
         got, fd = outcome(os.open, self.path(name), os.O_RDWR)
         self.expect(f"open {name!r} O_RDWR", expected, got)
+        return fd
+
+    @rule(data=st.data(), offset=offsets, content=contents)
+    def write_at(self, data: st.DataObject, offset: int, content: bytes) -> None:
+        """open(O_RDWR), pwrite at an offset, close; until close, readers see the old value."""
+        name = self.pick(data, "file")
+        fd = self.open_rdwr(name)
         if fd is None:
             return
         old = self.model.files[name]
@@ -370,11 +375,7 @@ class MountMachine(RuleBasedStateMachine):
     def ftruncate(self, data: st.DataObject, length: int, then: tuple[int, bytes] | None) -> None:
         """open(O_RDWR), ftruncate [, pwrite], close."""
         name = self.pick(data, "file")
-        expected = self.model.lookup_error(name)
-        if expected is None and self.model.kind(name) == "dir":
-            expected = errno.EISDIR
-        got, fd = outcome(os.open, self.path(name), os.O_RDWR)
-        self.expect(f"open {name!r} O_RDWR", expected, got)
+        fd = self.open_rdwr(name)
         if fd is None:
             return
         content = resized(self.model.files[name], length)

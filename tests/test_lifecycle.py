@@ -8,12 +8,9 @@ import errno
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -132,17 +129,6 @@ def test_refusals(instance: Instance, tmp_path: Path, foreground: bool) -> None:
         assert message.encode() in result.stderr, result.stderr
         assert mounts.find_mount(path) is None
     assert (busy / "app.conf").read_text() == "x"
-
-
-@pytest.fixture
-def credentials_dir() -> Iterator[Path]:
-    """Like systemd's $CREDENTIALS_DIRECTORY: in memory (tmpfs), not on disk."""
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-    path = Path(tempfile.mkdtemp(prefix="secretfs-creds-", dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_encryption_secret_from_credentials_directory(tmp_path: Path, credentials_dir: Path) -> None:

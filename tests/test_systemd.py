@@ -16,9 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -177,16 +175,6 @@ def test_template_and_plain_unit_differ_only_in_the_instance() -> None:
         for key in set(plain[section]) | set(template[section]):
             if key not in instance_keys:
                 assert plain[section].get(key) == template[section].get(key), (section, key)
-
-
-@pytest.fixture
-def credentials_dir() -> Iterator[Path]:
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-    path = Path(tempfile.mkdtemp(prefix="secretfs-creds-", dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_exec_start_runs_as_systemd_would(tmp_path: Path, credentials_dir: Path) -> None:
