@@ -226,6 +226,17 @@ class SecretFS(Operations):  # type: ignore[misc]
         return None
 
     def _commit(self, handle: Handle, *, unless_superseded: bool = False) -> None:
+        """Store a handle's buffer (from flush, fsync or release), then settle the kernel's cache.
+
+        In `kernel` mode the kernel may hold the old size and pages (a reader came between the
+        write and the close): they are invalidated before the close returns, so the writer's next
+        stat or read sees what it wrote (close-to-open).
+        """
+        if self._store_buffer(handle, unless_superseded=unless_superseded) and self.invalidator is not None:
+            self.invalidator.invalidate_and_wait(handle.path)
+
+    def _store_buffer(self, handle: Handle, *, unless_superseded: bool) -> bool:
+        """Write a dirty handle's content to the view; whether anything was stored."""
         with self._handles_lock:
             path_lock = self._path_locks.setdefault(handle.path, threading.Lock())
         with handle.lock, path_lock:
@@ -234,9 +245,9 @@ class SecretFS(Operations):  # type: ignore[misc]
                 self._forget_failed_create(handle)
                 raise FuseOSError(handle.failed)
             if not handle.dirty:
-                return
+                return False
             if unless_superseded and self._generations.get(handle.path, 0) != handle.generation:
-                return  # a later open already committed: a delayed release must not undo it
+                return False  # a later open already committed: a delayed release must not undo it
             try:
                 self.view.write_file(handle.path, bytes(handle.content))
             except errors.SecretfsError as exc:
@@ -248,6 +259,7 @@ class SecretFS(Operations):  # type: ignore[misc]
             handle.dirty = False
             handle.created = False
             self._generations[handle.path] = self._generations.get(handle.path, 0) + 1
+            return True
 
     def _forget_failed_create(self, handle: Handle) -> None:
         """A new file whose value was never stored: drop the name the kernel made for it at create.

@@ -6,6 +6,7 @@ Values are changed behind the mount (another process on SQLite, another client o
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from pathlib import Path
@@ -92,3 +93,27 @@ def test_vault_change_by_bao_kv_put(tmp_path: Path, bao_server: BaoServer, mode:
         warm(m.path / "token", b"vault-AAAA")
         bao_server.cli("kv", "put", "-mount=secret", f"{sub}/token", "value=vault-BBBB")
         assert_fresh_within(m.path / "token", b"vault-BBBB", TTL + SLACK)
+
+
+@pytest.mark.parametrize("mode", ["kernel", "direct"])
+def test_own_write_seen_as_soon_as_close_returns(instance: Instance, tmp_path: Path, mode: str) -> None:
+    """Close-to-open on one mount: once a writer's close() returns, stat and read show the new value.
+
+    A reader in between (which makes the kernel cache the committed size and pages) must not leave
+    the old size or contents behind. Found by the fuzzer: stat gave the pre-write size after close.
+    """
+    instance.cli("put", "f", input=b"")
+    with mounted(instance, tmp_path / "m", "--cache-mode", mode) as m:
+        path = m.path / "f"
+        value = b""
+        for i in range(60):
+            data = bytes([65 + i % 26]) * (1 + i % 5)
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.pwrite(fd, data, len(value) + i % 3)
+                assert os_read(path) == value  # the committed value, cached by the kernel
+            finally:
+                os.close(fd)
+            value = value.ljust(len(value) + i % 3, b"\0") + data
+            assert os.stat(path).st_size == len(value), i
+            assert os_read(path) == value, i
