@@ -133,7 +133,9 @@ class SecretFS(Operations):  # type: ignore[misc]
         self.cache_mode = cache_mode
         self.freshness = freshness
         self.read_only = view.options.read_only or view.store.read_only
-        self.invalidator = KernelInvalidator() if cache_mode == "kernel" else None
+        # Both modes: in `direct` mode the kernel still keeps attributes (libfuse's 1 s default),
+        # which a commit must settle too; only `kernel` mode wires the refresher to it.
+        self.invalidator = KernelInvalidator()
         self.mountpoint: str | None = None  # set by the daemon: where the kernel sees this tree
         self._fuse = 0
         self._handles: dict[int, Handle] = {}
@@ -152,16 +154,14 @@ class SecretFS(Operations):  # type: ignore[misc]
             config.entry_timeout = KERNEL_TIMEOUT
             config.negative_timeout = 0.0
         self._fuse = current_fuse()
-        if self.invalidator is not None:
-            self.invalidator.attach(self._fuse)
+        self.invalidator.attach(self._fuse)
         if self.freshness is not None:
             self.freshness.start()
 
     def destroy(self, path: str) -> None:
         if self.freshness is not None:
             self.freshness.stop()
-        if self.invalidator is not None:
-            self.invalidator.stop()
+        self.invalidator.stop()
 
     def kernel_paths(self, name: str, old: SecretRecord | None, new: SecretRecord | None) -> list[str]:
         """The paths under which the kernel may hold a secret's contents or attributes."""
@@ -175,8 +175,7 @@ class SecretFS(Operations):  # type: ignore[misc]
 
     def on_change(self, name: str, old: SecretRecord | None, new: SecretRecord | None) -> None:
         """A secret changed (or is no longer tracked): invalidate what the kernel holds of it."""
-        if self.invalidator is not None:
-            self.invalidator.invalidate(*self.kernel_paths(name, old, new))
+        self.invalidator.invalidate(*self.kernel_paths(name, old, new))
 
     def _changed(self, *paths: str) -> None:
         """The mount itself changed the secrets behind these paths."""
@@ -228,11 +227,11 @@ class SecretFS(Operations):  # type: ignore[misc]
     def _commit(self, handle: Handle, *, unless_superseded: bool = False) -> None:
         """Store a handle's buffer (from flush, fsync or release), then settle the kernel's cache.
 
-        In `kernel` mode the kernel may hold the old size and pages (a reader came between the
-        write and the close): they are invalidated before the close returns, so the writer's next
-        stat or read sees what it wrote (close-to-open).
+        The kernel may hold the old size (and, in `kernel` mode, pages) if a reader or a stat came
+        between the write and the close: they are invalidated before the close returns, so the
+        writer's next stat or read sees what it wrote (close-to-open), in both cache modes.
         """
-        if self._store_buffer(handle, unless_superseded=unless_superseded) and self.invalidator is not None:
+        if self._store_buffer(handle, unless_superseded=unless_superseded):
             self.invalidator.invalidate_and_wait(handle.path)
 
     def _store_buffer(self, handle: Handle, *, unless_superseded: bool) -> bool:

@@ -1,4 +1,4 @@
-"""Invalidating paths in the kernel's cache (the `kernel` cache mode), off the request threads.
+"""Invalidating paths in the kernel's cache (pages and attributes), off the request threads.
 
 libfuse's invalidation writes a notification to /dev/fuse that the kernel handles synchronously;
 issued from inside a request handler for the same file it can deadlock, so invalidations go
