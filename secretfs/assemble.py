@@ -41,8 +41,14 @@ def build_operations(
     """The FUSE operations for one mount over an opened store."""
     cache = CachingStore(store, ttl=cache_ttl, max_stale=max_stale)
     freshness = Freshness(cache, on_change=None, interval=cache_ttl or 1.0, watch_file=sqlite_file(settings))
-    view = View(cache, view_options, reader=freshness.read if cache_mode == "kernel" else None)
+    kernel = cache_mode == "kernel"
+    view = View(
+        cache,
+        view_options,
+        reader=freshness.read if kernel else None,
+        page_reader=freshness.read_page if kernel else None,
+    )
     operations = SecretFS(view, cache_mode=cache_mode, freshness=freshness)
-    if cache_mode == "kernel":
+    if kernel:
         freshness.on_change = operations.on_change
     return operations

@@ -8,6 +8,13 @@ in `kernel` cache mode, invalidate its paths in the kernel (page cache and attri
 - a background refresher that, every TTL, re-reads the secrets the kernel was served recently
   and invalidates those that changed.
 
+Sizes and contents agree. The kernel takes a file's size from a GETATTR and fills its pages with
+READs, so a READ must answer from the record whose size the kernel holds. A change the refresher
+finds is therefore held back as the *next* record: READs keep answering from the served one, the
+kernel's copy is invalidated, and the next attribute request (GETATTR, an open for writing) moves
+the name to the new record. If no attribute request comes within a TTL (a reader that reads only
+within the old size), the refresher moves it itself and invalidates again.
+
 Load on the backend: the refresher reads at most `max_tracked` secrets per TTL interval (the
 ones served most recently; in bulk queries when the store has `read_many`); a secret dropped from
 tracking is invalidated in the kernel first, so its next read reaches the daemon. Nothing is
@@ -60,6 +67,8 @@ class Freshness:
         self.watch_file = watch_file
         self.max_tracked = max_tracked
         self._served: OrderedDict[str, SecretRecord] = OrderedDict()
+        # A newer record per name, found by the refresher, not given to the kernel yet; and when.
+        self._next: dict[str, tuple[SecretRecord, float]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._external = threading.Event()
@@ -75,13 +84,15 @@ class Freshness:
     # ----- what the kernel holds --------------------------------------------------------------
 
     def read(self, name: str) -> SecretRecord:
-        """The record the kernel was last given for name, else a read through the cache (tracked).
+        """For attributes (or an open): the newest record known, which the kernel is now given.
 
-        The kernel takes a file's size from one request and its contents from others; answering
-        all of them from the same record keeps the two in agreement. The refresher replaces the
-        record (and invalidates the kernel's copy) when the value changes.
+        A record the refresher held back becomes the served one here; otherwise this is the record
+        the kernel was last given, else a read through the cache (then tracked).
         """
         with self._lock:
+            held = self._next.pop(name, None)
+            if held is not None and name in self._served:
+                self._served[name] = held[0]
             record = self._served.get(name)
             if record is not None:
                 self._served.move_to_end(name)
@@ -89,6 +100,15 @@ class Freshness:
         record = self.cache.read(name)
         self.served(name, record)
         return record
+
+    def read_page(self, name: str) -> SecretRecord:
+        """For the kernel's page cache: the record whose size the kernel was last given."""
+        with self._lock:
+            record = self._served.get(name)
+            if record is not None:
+                self._served.move_to_end(name)
+                return record
+        return self.read(name)
 
     def served(self, name: str, record: SecretRecord) -> None:
         """The kernel was given this record's contents or attributes."""
@@ -100,6 +120,7 @@ class Freshness:
             self._served.move_to_end(name)
             while len(self._served) > self.max_tracked:
                 evicted.append(self._served.popitem(last=False))
+                self._next.pop(evicted[-1][0], None)
         for old_name, old in evicted:
             self._notify(old_name, old, None)
 
@@ -109,6 +130,7 @@ class Freshness:
         for name in names:
             with self._lock:
                 old = self._served.pop(name, None)
+                self._next.pop(name, None)
             if self.tracking:
                 self._notify(name, old, None)
 
@@ -134,6 +156,7 @@ class Freshness:
             self.cache.forget_dirs()
         with self._lock:
             tracked = list(self._served.items())
+            held = dict(self._next)
         bulk: dict[str, SecretRecord] | None = None
         outage = False
         if self.cache.can_fetch_many and tracked:
@@ -144,36 +167,58 @@ class Freshness:
                 outage = True
         changed = 0
         for name, old in tracked:
-            new: SecretRecord | None
-            if bulk is not None:
-                new = bulk.get(name)  # absent: missing or undecryptable, dropped either way
-            elif outage:
-                if not self.cache.stale_beyond_limit(name):
-                    continue
-                new = None
-            else:
-                try:
-                    new = self.cache.fetch(name)
-                except NotFound:
-                    new = None
-                except BackendUnavailable:
-                    # Backend trouble: the kernel keeps what it has while the outage policy allows.
-                    if not self.cache.stale_beyond_limit(name):
-                        continue
-                    new = None
-                except SecretfsError:
-                    new = None  # refused or undecryptable: drop it, so the next read gets the error
-            if _fingerprint(new) == _fingerprint(old):
-                continue
-            changed += 1
-            with self._lock:
-                if new is None:
-                    self._served.pop(name, None)
-                elif name in self._served:
-                    self._served[name] = new
-            self._notify(name, old, new)
+            found, new = self._reread(name, bulk, outage=outage)
+            if found and self._settle(name, old, new, held.get(name)):
+                changed += 1
         self.passes += 1
         return changed
+
+    def _reread(
+        self, name: str, bulk: dict[str, SecretRecord] | None, *, outage: bool
+    ) -> tuple[bool, SecretRecord | None]:
+        """(False, None) to leave a secret as the kernel has it; else (True, its record or None)."""
+        if bulk is not None:
+            return True, bulk.get(name)  # absent: missing or undecryptable, dropped either way
+        if outage:
+            return self.cache.stale_beyond_limit(name), None
+        try:
+            return True, self.cache.fetch(name)
+        except NotFound:
+            return True, None
+        except BackendUnavailable:
+            # Backend trouble: the kernel keeps what it has while the outage policy allows.
+            return self.cache.stale_beyond_limit(name), None
+        except SecretfsError:
+            return True, None  # refused or undecryptable: drop it, so the next read gets the error
+
+    def _settle(
+        self, name: str, old: SecretRecord, new: SecretRecord | None, held: tuple[SecretRecord, float] | None
+    ) -> bool:
+        """Act on what a pass read for one served secret; whether it was a new change."""
+        if _fingerprint(new) == _fingerprint(old):
+            return False
+        if held is not None and _fingerprint(new) == _fingerprint(held[0]):
+            # Held back and unchanged since: after a TTL with no attribute request, move on.
+            if time.monotonic() - held[1] >= self.interval and self._move_on(name, held):
+                self._notify(name, old, new)
+            return False
+        with self._lock:
+            if new is None:
+                self._served.pop(name, None)
+                self._next.pop(name, None)
+            elif name in self._served:
+                self._next[name] = (new, time.monotonic())
+        self._notify(name, old, new)
+        return True
+
+    def _move_on(self, name: str, held: tuple[SecretRecord, float]) -> bool:
+        """Serve a held-back record to READs too (no attribute request came for it)."""
+        with self._lock:
+            if self._next.get(name) is not held or name not in self._served:
+                return False
+            del self._next[name]
+            self._served[name] = held[0]
+        return True
 
     def _run(self) -> None:
         followup = False

@@ -342,7 +342,7 @@ class SecretFS(Operations):  # type: ignore[misc]
     def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
         if fh is None or not fh.fh:
             # No open handle (read-only kernel mode): the kernel fills its page cache from here.
-            return self.view.read_file(path)[offset : offset + size]
+            return self.view.read_file(path, page=True)[offset : offset + size]
         snapshot = self._snapshots.get(fh.fh)
         if snapshot is not None:
             return snapshot[offset : offset + size]

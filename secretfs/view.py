@@ -113,6 +113,7 @@ class View:
         options: ViewOptions,
         *,
         reader: Callable[[str], SecretRecord] | None = None,
+        page_reader: Callable[[str], SecretRecord] | None = None,
     ) -> None:
         self.store = store
         self.options = options.resolved()
@@ -122,14 +123,17 @@ class View:
         # How secrets are read: the store itself, or (kernel cache mode) the freshness tracker,
         # which hands out the record the kernel was last given, so that sizes and contents agree.
         self._reader = reader or store.read
+        # Reads that fill the kernel's page cache: answered from the record whose size the kernel
+        # holds (freshness.read_page), so a value that changed meanwhile is never cut to an old size.
+        self._page_reader = page_reader or self._reader
         # The rendering of the last record read per name: a cache hit returns the same record
         # object, so its bytes are reused instead of rendered again. Bounded like the value cache
         # (least recently rendered first out), so `ls -l` of a huge directory does not keep them all.
         self._rendered: OrderedDict[str, tuple[SecretRecord, bytes]] = OrderedDict()
         self._rendered_max = RENDER_MEMO_ENTRIES
 
-    def _read(self, name: str) -> SecretRecord:
-        return self._reader(name)
+    def _read(self, name: str, *, page: bool = False) -> SecretRecord:
+        return self._page_reader(name) if page else self._reader(name)
 
     def _render(self, record: SecretRecord) -> bytes:
         memo = self._rendered.get(record.name)
@@ -186,10 +190,10 @@ class View:
                 return self._dir_attr()
             raise
 
-    def _read_object(self, name: str) -> tuple[dict[str, Any] | None, float, float]:
+    def _read_object(self, name: str, *, page: bool = False) -> tuple[dict[str, Any] | None, float, float]:
         """A secret's value as a dict of keys (None when there is no such secret)."""
         try:
-            record = self._read(name)
+            record = self._read(name, page=page)
         except NotFound:
             return None, 0.0, 0.0
         # A copy: callers edit it for writes, and the record may be shared with the cache.
@@ -263,11 +267,12 @@ class View:
 
     # ----- files ------------------------------------------------------------------------------
 
-    def read_file(self, path: str) -> bytes:
+    def read_file(self, path: str, *, page: bool = False) -> bytes:
+        """A file's content; `page`: for the kernel's page cache (see `page_reader`)."""
         name = path_to_name(path)
         if self.options.layout == "keys":
             parent, key = _split(name)
-            value, _, _ = self._read_object(parent) if parent else (None, 0.0, 0.0)
+            value, _, _ = self._read_object(parent, page=page) if parent else (None, 0.0, 0.0)
             if value is None or key not in value:
                 # In this layout a secret is itself a directory, even with no sub-secrets.
                 if self._is_dir(name) or self._read_object(name)[0] is not None:
@@ -275,7 +280,7 @@ class View:
                 raise NotFound(f"no such file {name!r}")
             return render.render_key(value[key])
         try:
-            return self._render(self._read(name))
+            return self._render(self._read(name, page=page))
         except NotFound:
             if name and self._is_dir(name):
                 raise IsADirectory(f"{name!r} is a directory") from None
