@@ -116,7 +116,7 @@ def test_own_write_seen_as_soon_as_close_returns(instance: Instance, tmp_path: P
             try:
                 os.pwrite(fd, data, len(value) + i % 3)
                 assert os_read(path) == value  # the committed value, cached by the kernel
-                assert os.stat(path).st_size == len(value)  # another process's stat caches it too
+                assert os.stat(path).st_size == len(value)  # a stat during the write caches it too
             finally:
                 os.close(fd)
             value = value.ljust(len(value) + i % 3, b"\0") + data

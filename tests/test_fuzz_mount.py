@@ -180,6 +180,13 @@ def resized(old: bytes, length: int) -> bytes:
     return old[:length].ljust(length, b"\0")
 
 
+def write_and_close(fd: int, content: bytes) -> None:
+    try:
+        assert os.write(fd, content) == len(content)
+    finally:
+        os.close(fd)
+
+
 def outcome(func: Callable[..., Any], *args: Any) -> tuple[int | None, Any]:
     try:
         return None, func(*args)
@@ -244,6 +251,13 @@ class MountMachine(RuleBasedStateMachine):
         while os.stat(self.path(name)).st_size != size and time.monotonic() < deadline:
             time.sleep(0.005)
 
+    def file_error(self, name: str) -> int | None:
+        """The errno the model predicts for a file operation on name (EISDIR for a directory)."""
+        expected = self.model.lookup_error(name)
+        if expected is None and self.model.kind(name) == "dir":
+            expected = errno.EISDIR
+        return expected
+
     def expect(self, what: str, expected: int | None, got: int | None) -> None:
         assert got == expected, f"{what}: expected {errno_name(expected)}, got {errno_name(got)}"
 
@@ -282,10 +296,7 @@ class MountMachine(RuleBasedStateMachine):
         self.expect(f"create {name!r}", expected, got)
         if fd is None:
             return
-        try:
-            assert os.write(fd, content) == len(content)
-        finally:
-            os.close(fd)
+        write_and_close(fd, content)
         old = model.files.get(name)
         model.write(name, content if flags & os.O_TRUNC else overlay(old or b"", 0, content))
         if old is not None and flags & os.O_TRUNC and not content:
@@ -307,11 +318,7 @@ class MountMachine(RuleBasedStateMachine):
                 os.mkdir(self.path(ancestor), 0o700)
                 model.explicit.add(ancestor)
         self.touched.add(name)
-        fd = os.open(self.path(name), os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        try:
-            assert os.write(fd, content) == len(content)
-        finally:
-            os.close(fd)
+        write_and_close(os.open(self.path(name), os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), content)
         existed = name in model.files
         model.write(name, content)
         if existed and not content:
@@ -319,9 +326,7 @@ class MountMachine(RuleBasedStateMachine):
 
     def open_rdwr(self, name: str) -> int | None:
         """open(name, O_RDWR), checking the errno the model predicts; the fd, or None if refused."""
-        expected = self.model.lookup_error(name)
-        if expected is None and self.model.kind(name) == "dir":
-            expected = errno.EISDIR
+        expected = self.file_error(name)
         got, fd = outcome(os.open, self.path(name), os.O_RDWR)
         self.expect(f"open {name!r} O_RDWR", expected, got)
         return fd
@@ -346,26 +351,19 @@ class MountMachine(RuleBasedStateMachine):
         """A JSON object is stored as an object and shown rendered (canonical JSON, or rule 1's text)."""
         name = self.pick(data, "file")
         content = json.dumps(value, ensure_ascii=False).encode("utf-8")
-        expected = self.model.lookup_error(name)
-        if expected is None and self.model.kind(name) == "dir":
-            expected = errno.EISDIR
+        expected = self.file_error(name)
         got, fd = outcome(os.open, self.path(name), os.O_WRONLY | os.O_TRUNC)
         self.expect(f"open {name!r} O_WRONLY|O_TRUNC", expected, got)
         if fd is None:
             return
-        try:
-            assert os.write(fd, content) == len(content)
-        finally:
-            os.close(fd)
+        write_and_close(fd, content)
         self.model.write(name, content)
 
     @rule(data=st.data(), length=lengths)
     def truncate_path(self, data: st.DataObject, length: int) -> None:
         """truncate(path, length): committed at once."""
         name = self.pick(data, "file")
-        expected = self.model.lookup_error(name)
-        if expected is None and self.model.kind(name) == "dir":
-            expected = errno.EISDIR
+        expected = self.file_error(name)
         got, _ = outcome(os.truncate, self.path(name), length)
         self.expect(f"truncate {name!r}", expected, got)
         if got is None:
@@ -392,10 +390,7 @@ class MountMachine(RuleBasedStateMachine):
     def too_big(self, data: st.DataObject, how: str) -> None:
         """Going over 1 MiB fails with EFBIG and keeps the old value (a new file: test_efbig_create)."""
         name = self.pick(data, "file")
-        model = self.model
-        expected = model.lookup_error(name)
-        if expected is None and model.kind(name) == "dir":
-            expected = errno.EISDIR
+        expected = self.file_error(name)
         if how == "truncate":
             got, _ = outcome(os.truncate, self.path(name), MAX_VALUE + 1)
             self.expect(f"truncate {name!r} past 1 MiB", expected or errno.EFBIG, got)
@@ -416,9 +411,7 @@ class MountMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def unlink(self, data: st.DataObject) -> None:
         name = self.pick(data, "file")
-        expected = self.model.lookup_error(name)
-        if expected is None and self.model.kind(name) == "dir":
-            expected = errno.EISDIR
+        expected = self.file_error(name)
         got, _ = outcome(os.unlink, self.path(name))
         self.expect(f"unlink {name!r}", expected, got)
         if got is None:
