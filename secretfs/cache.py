@@ -7,7 +7,8 @@
 - At most `max_entries` values are kept; the least recently used go first.
 - Listings are read ahead: when a name missing from the cache appears in the last listing of its
   directory, it and the names listed after it (up to `PREFETCH_WINDOW`) are fetched in one query,
-  when the store can (`read_many`). `ls -l` then costs one query per window instead of one per file.
+  when the store declares bulk reads (`Capabilities.bulk_read`). `ls -l` then costs one query per
+  window instead of one per file.
   A value only read ahead, never read, is not served in an outage.
 - The mount's own writes, deletes and renames invalidate at once; `invalidate_all()` is for
   changes learned from outside (the SQLite watcher, the refresher).
@@ -30,7 +31,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from secretfs.errors import BackendUnavailable, NotFound
-from secretfs.stores.base import DirListing, SecretMeta, SecretRecord, Store
+from secretfs.stores.base import (
+    BulkReader,
+    Capabilities,
+    DirListing,
+    SecretMeta,
+    SecretRecord,
+    Store,
+    Watcher,
+    bulk_reader,
+    watcher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +94,11 @@ class Health:
 
 
 class CachingStore:
-    """A Store that remembers what it read, within a TTL, and rides out backend outages."""
+    """A Store that remembers what it read, within a TTL, and rides out backend outages.
+
+    It tracks the backend's health (Capabilities.health) and passes the inner store's change
+    watching through; the inner store's bulk reads serve read-ahead and `fetch_many`.
+    """
 
     def __init__(
         self,
@@ -110,7 +125,9 @@ class CachingStore:
         # The sorted file names of each recently listed directory: a read-ahead hint only (a stale
         # hint costs a useless prefetch, never a wrong answer). Kept across invalidations.
         self._listed: OrderedDict[str, list[str]] = OrderedDict()
-        self._read_many: Callable[[Sequence[str]], dict[str, SecretRecord]] | None = getattr(inner, "read_many", None)
+        self._bulk: BulkReader | None = bulk_reader(inner)
+        self._watcher: Watcher | None = watcher(inner)
+        self.capabilities = Capabilities(watch=self._watcher is not None, health=True)
 
     # ----- the cache proper -------------------------------------------------------------------
 
@@ -150,7 +167,7 @@ class CachingStore:
                 if not entry.served:
                     entry.served = True
                 return entry.record
-        if self._read_many is not None and self._prefetch(name, now):
+        if self._bulk is not None and self._prefetch(name, now):
             entry = self._lookup(name)
             if entry is not None and entry.record is not None:
                 entry.served = True
@@ -163,7 +180,8 @@ class CachingStore:
         Returns whether a prefetch ran. Names the query did not return (missing, or not
         decryptable) are left to their own reads, which report them.
         """
-        assert self._read_many is not None
+        bulk = self._bulk
+        assert bulk is not None
         directory, _, base = name.rpartition("/")
         prefix = f"{directory}/" if directory else ""
         with self._lock:
@@ -181,9 +199,8 @@ class CachingStore:
             generation = self._generation
         if len(wanted) < 2:
             return False  # nothing to gain over a plain read
-        read_many = self._read_many
         try:
-            records = self._guard(lambda: read_many(wanted))
+            records = self._guard(lambda: bulk.read_many(wanted))
         except BackendUnavailable:
             return False  # the plain read applies the outage policy
         fetched_at = self._clock()
@@ -220,7 +237,8 @@ class CachingStore:
 
     @property
     def can_fetch_many(self) -> bool:
-        return self._read_many is not None
+        """Whether fetch_many works: the inner store declares bulk reads."""
+        return self._bulk is not None
 
     def fetch_many(self, names: Sequence[str]) -> dict[str, SecretRecord]:
         """Read names from the backend in bulk (bypassing freshness), for the refresher.
@@ -229,10 +247,10 @@ class CachingStore:
         cache, so their next read asks the backend and reports which. BackendUnavailable is raised
         for the whole batch.
         """
-        assert self._read_many is not None
-        read_many = self._read_many
+        bulk = self._bulk
+        assert bulk is not None
         generation = self._generation
-        records = self._guard(lambda: read_many(names))
+        records = self._guard(lambda: bulk.read_many(names))
         fetched_at = self._clock()
         with self._lock:
             if generation == self._generation:
@@ -331,6 +349,10 @@ class CachingStore:
             self._guard(lambda: self.inner.rename(old, new))
         finally:
             self.invalidate(old, new)
+
+    def watch(self, on_change: Callable[[], None]) -> Callable[[], None] | None:
+        """The inner store's change watching, where it declares one (a stop function), else None."""
+        return self._watcher.watch(on_change) if self._watcher is not None else None
 
     def info(self) -> dict[str, Any]:
         info = self.inner.info()

@@ -76,7 +76,7 @@ def common_options(func: F) -> F:
             return func(settings, **kwargs)
         except errors.SecretfsError as exc:
             click.echo(f"secretfs: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            sys.exit(errors.exit_code_for(exc))
 
     return wrapper  # type: ignore[return-value]
 
@@ -203,7 +203,7 @@ def _status(settings: Settings, mountpoint: Path | None) -> tuple[dict[str, Any]
         store = open_store(settings, read_only=True)
     except errors.SecretfsError as exc:
         report["backend"] = {"healthy": False, "error": str(exc)}
-        code = exc.exit_code
+        code = errors.exit_code_for(exc)
     else:
         try:
             from secretfs.view import View
@@ -213,7 +213,7 @@ def _status(settings: Settings, mountpoint: Path | None) -> tuple[dict[str, Any]
             report["backend"] = {"healthy": True, **info}
         except errors.SecretfsError as exc:
             report["backend"] = {"healthy": False, "error": str(exc)}
-            code = exc.exit_code
+            code = errors.exit_code_for(exc)
         finally:
             store.close()
     # Other mounts are listed from the mount table only: probing them could block on a daemon
@@ -239,12 +239,11 @@ def _probe_mount(mountpoint: Path) -> dict[str, Any]:
 
 def _daemon_status(mountpoint: Path) -> dict[str, Any]:
     """The running daemon's own report (hardening, pid), from the user.secretfs.status xattr of its root."""
-    from secretfs.fuse_ops import STATUS_XATTR
 
     try:
-        return dict(json.loads(os.getxattr(mountpoint, STATUS_XATTR)))
+        return dict(json.loads(os.getxattr(mountpoint, mounts.STATUS_XATTR)))
     except (OSError, ValueError) as exc:
-        return {"error": f"cannot read {STATUS_XATTR}: {getattr(exc, 'strerror', None) or exc}"}
+        return {"error": f"cannot read {mounts.STATUS_XATTR}: {getattr(exc, 'strerror', None) or exc}"}
 
 
 def _print_report(report: dict[str, Any], indent: str = "") -> None:

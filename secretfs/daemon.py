@@ -12,7 +12,6 @@ own exit handler (SIGHUP, which libfuse keeps), which leaves the loop and detach
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -240,25 +239,6 @@ class Shutdown:
                 signal.pthread_kill(threading.main_thread().ident or 0, LIBFUSE_EXIT_SIGNAL)
 
 
-@contextlib.contextmanager
-def _sigint_kept(handler: object) -> Iterator[None]:
-    """Keep our SIGINT handler while mfusepy calls libfuse (it resets SIGINT to SIG_DFL there)."""
-    import mfusepy
-
-    original = mfusepy.signal
-
-    def guarded(signum: int, new: object) -> object:
-        if signum == signal.SIGINT:
-            return handler
-        return original(signum, new)
-
-    mfusepy.signal = guarded
-    try:
-        yield
-    finally:
-        mfusepy.signal = original
-
-
 def _ready_pipe_callback() -> Callable[[], None] | None:
     raw = os.environ.pop(READY_FD_ENV, None)
     if not raw:
@@ -280,7 +260,8 @@ def run_foreground(settings: Settings, options: MountOptions, ready: list[Callab
 
     hardening.apply()  # before any secret is read: not dumpable, no core, memory locked if allowed
     from secretfs.assemble import build_operations
-    from secretfs.fusebind import FUSE
+    from secretfs.coherence import FreshnessPolicy
+    from secretfs.fusebind import Session
     from secretfs.stores import open_store
 
     mountpoint = options.mountpoint.absolute()
@@ -299,41 +280,30 @@ def run_foreground(settings: Settings, options: MountOptions, ready: list[Callab
         file_mode=options.view.file_mode,
         dir_mode=options.view.dir_mode,
     )
-    operations = build_operations(
-        settings,
-        store,
-        view_options,
+    policy = FreshnessPolicy(
         cache_mode=options.cache_mode,  # type: ignore[arg-type]
-        cache_ttl=options.cache_ttl,
+        ttl=options.cache_ttl,
         max_stale=options.max_stale,
     )
-    operations.mountpoint = str(mountpoint)
+    operations = build_operations(store, view_options, policy)
     stop = threading.Event()
     live = threading.Event()
     threading.Thread(target=_report_ready, args=(mountpoint, callbacks, stop, live), daemon=True).start()
-    fuse_options: dict[str, object] = {
-        "foreground": True,
-        "nothreads": False,
-        "fsname": "secretfs",
-        "subtype": "secretfs",
-        "default_permissions": True,
-        # Remove at unlink even when the file is still open (its release is asynchronous): no
-        # `.fuse_hiddenNNNN` rename, which stored the secret under that name until the release.
-        "hard_remove": True,
-        "debug": options.debug,
-    }
+    fuse_options = ["fsname=secretfs", "subtype=secretfs", "default_permissions"]
     if options.allow_other:
-        fuse_options["allow_other"] = True
+        fuse_options.append("allow_other")
     if read_only:
-        fuse_options["ro"] = True
+        fuse_options.append("ro")
+    session = Session(operations, str(mountpoint), fuse_options, debug=options.debug)
+    operations.coherence.invalidate_entry = session.invalidate_entry
+    operations.coherence.invalidate_inode = session.invalidate_inode
     shutdown = Shutdown(mountpoint, live, stop)
     shutdown.install()
     try:
-        with _sigint_kept(shutdown._python_handler):
-            FUSE(operations, str(mountpoint), raw_fi=True, **fuse_options)
-    except RuntimeError as exc:
+        session.run()
+    except SecretfsError:
         if shutdown.requested is None or not live.is_set():
-            raise SecretfsError(f"FUSE could not mount {mountpoint} or its loop failed (code {exc})") from None
+            raise
         # libfuse's exit handler ended the loop on our request (a busy mount): a clean stop.
     finally:
         with shutdown._lock:

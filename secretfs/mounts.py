@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+STATUS_XATTR = "user.secretfs.status"  # JSON runtime state of a live daemon, on its mount root only
+
 FSTYPE = "fuse.secretfs"
 
 T = TypeVar("T")

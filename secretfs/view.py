@@ -15,7 +15,6 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,6 +89,16 @@ class Attr:
         }
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """A path's current state: a directory, or a file's content and times."""
+
+    is_dir: bool
+    content: bytes
+    mtime: float
+    ctime: float
+
+
 def path_to_name(path: str) -> str:
     """'/a/b/c' -> 'a/b/c'; the root is ''."""
     return path.strip("/")
@@ -107,33 +116,20 @@ def _split(name: str) -> tuple[str, str]:
 class View:
     """Secrets seen as a tree of files and directories."""
 
-    def __init__(
-        self,
-        store: Store,
-        options: ViewOptions,
-        *,
-        reader: Callable[[str], SecretRecord] | None = None,
-        page_reader: Callable[[str], SecretRecord] | None = None,
-    ) -> None:
+    def __init__(self, store: Store, options: ViewOptions) -> None:
         self.store = store
         self.options = options.resolved()
         self.mounted_at = time.time()
         self._empty_dirs: set[str] = set()
         self._lock = threading.Lock()
-        # How secrets are read: the store itself, or (kernel cache mode) the freshness tracker,
-        # which hands out the record the kernel was last given, so that sizes and contents agree.
-        self._reader = reader or store.read
-        # Reads that fill the kernel's page cache: answered from the record whose size the kernel
-        # holds (freshness.read_page), so a value that changed meanwhile is never cut to an old size.
-        self._page_reader = page_reader or self._reader
         # The rendering of the last record read per name: a cache hit returns the same record
         # object, so its bytes are reused instead of rendered again. Bounded like the value cache
         # (least recently rendered first out), so `ls -l` of a huge directory does not keep them all.
         self._rendered: OrderedDict[str, tuple[SecretRecord, bytes]] = OrderedDict()
         self._rendered_max = RENDER_MEMO_ENTRIES
 
-    def _read(self, name: str, *, page: bool = False) -> SecretRecord:
-        return self._page_reader(name) if page else self._reader(name)
+    def _read(self, name: str) -> SecretRecord:
+        return self.store.read(name)
 
     def _render(self, record: SecretRecord) -> bytes:
         memo = self._rendered.get(record.name)
@@ -153,7 +149,7 @@ class View:
         assert o.file_mode is not None
         return Attr(False, stat.S_IFREG | o.file_mode, size, mtime, ctime, o.uid, o.gid)
 
-    def _dir_attr(self, mtime: float | None = None) -> Attr:
+    def dir_attr(self, mtime: float | None = None) -> Attr:
         o = self.options
         assert o.dir_mode is not None
         when = self.mounted_at if mtime is None else mtime
@@ -162,7 +158,7 @@ class View:
     def getattr(self, path: str) -> Attr:
         name = path_to_name(path)
         if not name:
-            return self._dir_attr()
+            return self.dir_attr()
         if not render.is_valid_name(name):
             raise NotFound(f"no such path {name!r}")
         if self.options.layout == "keys":
@@ -172,7 +168,7 @@ class View:
         except NotFound:
             self._rendered.pop(name, None)
             if self._is_dir(name):
-                return self._dir_attr()
+                return self.dir_attr()
             raise
         return self.file_attr(len(self._render(record)), record.updated_at, record.created_at)
 
@@ -184,16 +180,16 @@ class View:
                 return self.file_attr(len(render.render_key(value[key])), updated, created)
         try:
             meta = self.store.stat(name)
-            return self._dir_attr(meta.updated_at)
+            return self.dir_attr(meta.updated_at)
         except NotFound:
             if self._is_dir(name):
-                return self._dir_attr()
+                return self.dir_attr()
             raise
 
-    def _read_object(self, name: str, *, page: bool = False) -> tuple[dict[str, Any] | None, float, float]:
+    def _read_object(self, name: str) -> tuple[dict[str, Any] | None, float, float]:
         """A secret's value as a dict of keys (None when there is no such secret)."""
         try:
-            record = self._read(name, page=page)
+            record = self._read(name)
         except NotFound:
             return None, 0.0, 0.0
         # A copy: callers edit it for writes, and the record may be shared with the cache.
@@ -211,6 +207,26 @@ class View:
         """Whether an empty directory lies below name (it implies name as a secret would). Hold the lock."""
         prefix = f"{name}/"
         return any(empty.startswith(prefix) for empty in self._empty_dirs)
+
+    def secret_of(self, path: str) -> str:
+        """The secret whose value a file path shows."""
+        name = path_to_name(path)
+        return name.rpartition("/")[0] if self.options.layout == "keys" else name
+
+    def resolve(self, path: str) -> Resolved:
+        """What a path is now: a directory, or a file with its whole content (one consistent read)."""
+        name = path_to_name(path)
+        if name and self.options.layout == "file" and render.is_valid_name(name):
+            try:
+                record = self._read(name)
+            except NotFound:
+                self._rendered.pop(name, None)
+            else:
+                return Resolved(False, self._render(record), record.updated_at, record.created_at)
+        attr = self.getattr(path)
+        if attr.is_dir:
+            return Resolved(True, b"", attr.mtime, attr.ctime)
+        return Resolved(False, self.read_file(path), attr.mtime, attr.ctime)
 
     # ----- directories ------------------------------------------------------------------------
 
@@ -267,12 +283,12 @@ class View:
 
     # ----- files ------------------------------------------------------------------------------
 
-    def read_file(self, path: str, *, page: bool = False) -> bytes:
-        """A file's content; `page`: for the kernel's page cache (see `page_reader`)."""
+    def read_file(self, path: str) -> bytes:
+        """A file's content."""
         name = path_to_name(path)
         if self.options.layout == "keys":
             parent, key = _split(name)
-            value, _, _ = self._read_object(parent, page=page) if parent else (None, 0.0, 0.0)
+            value, _, _ = self._read_object(parent) if parent else (None, 0.0, 0.0)
             if value is None or key not in value:
                 # In this layout a secret is itself a directory, even with no sub-secrets.
                 if self._is_dir(name) or self._read_object(name)[0] is not None:
@@ -280,7 +296,7 @@ class View:
                 raise NotFound(f"no such file {name!r}")
             return render.render_key(value[key])
         try:
-            return self._render(self._read(name, page=page))
+            return self._render(self._read(name))
         except NotFound:
             if name and self._is_dir(name):
                 raise IsADirectory(f"{name!r} is a directory") from None
@@ -294,19 +310,23 @@ class View:
         if self.options.layout == "keys" and "/" not in name:
             raise InvalidName("in the keys layout, files live inside a secret's directory")
 
-    def write_file(self, path: str, content: bytes) -> None:
-        """Replace a file's whole content (one atomic store write)."""
+    def write_file(self, path: str, content: bytes) -> bytes:
+        """Replace a file's whole content (one atomic store write); returns what the file now shows
+        (a JSON object is shown in canonical form, so it may differ from what was written)."""
         self.check_creatable(path)
         if len(content) > render.MAX_VALUE_BYTES:
             raise ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
         name = path_to_name(path)
         if self.options.layout == "keys":
-            self._write_key(name, content)
+            shown = self._write_key(name, content)
         else:
-            self.store.write(name, render.parse(content))
+            value = render.parse(content)
+            self.store.write(name, value)
+            shown = render.render(value)
         self._forget_empty_ancestors(name)
+        return shown
 
-    def _write_key(self, name: str, content: bytes) -> None:
+    def _write_key(self, name: str, content: bytes) -> bytes:
         secret, key = _split(name)
         value, _, _ = self._read_object(secret)
         value = dict(value or {})
@@ -322,6 +342,7 @@ class View:
         else:
             value[key] = text
         self.store.write(secret, value)
+        return render.render_key(value[key])
 
     def _forget_empty_ancestors(self, name: str) -> None:
         with self._lock:

@@ -21,13 +21,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run long fuzz/load tests (marked slow)")
 
 
+# Markers from the fixtures a test uses (directly or through other fixtures), and from the backend
+# it is parametrized with (the `db` fixtures that take "postgresql" ask for pg_url at run time). A
+# test that mounts without the `mnt` fixture (mounted(), its own daemon) is marked where it is
+# written: `@pytest.mark.mount`, or `pytestmark = pytest.mark.mount` for a whole module.
+MOUNT_FIXTURES = frozenset({"mnt"})
+SERVER_FIXTURES = frozenset({"pg_server", "pg_session_url", "pg_url", "bao_server", "fresh_bao"})
+SERVER_PARAMS = frozenset({"postgresql"})
+SLOW_TIMEOUT = 3600  # seconds; pyproject.toml's default (300) is for everything else
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-slow"):
-        return
+    run_slow = config.getoption("--run-slow")
     skip = pytest.mark.skip(reason="long run: pass --run-slow to include it (CI runs the short version)")
     for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & MOUNT_FIXTURES:
+            item.add_marker(pytest.mark.mount)
+        callspec = getattr(item, "callspec", None)
+        params = list(callspec.params.values()) if callspec is not None else []
+        if fixtures & SERVER_FIXTURES or any(isinstance(p, str) and p in SERVER_PARAMS for p in params):
+            item.add_marker(pytest.mark.server)
         if "slow" in item.keywords:
-            item.add_marker(skip)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+            if not run_slow:
+                item.add_marker(skip)
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ Use it by subclassing `StoreContract` in a test module and supplying two fixture
 The suite is backend-neutral: values are JSON objects (string keys, string values, nested objects),
 names are full secret names ('a/b/c'), and only secretfs.errors exceptions are expected.
 Backends whose clocks are coarse can raise `clock_tolerance` (seconds).
+
+A store's declared capabilities (secretfs.stores.base.Capabilities) are part of its contract: a
+declared bulk read or change watch must exist and work, and a bulk read must be declared.
 """
 
 from __future__ import annotations
@@ -26,7 +29,19 @@ from typing import Any, ClassVar
 import pytest
 
 from secretfs.errors import NotFound, ReadOnly
-from secretfs.stores.base import DirListing, SecretMeta, SecretRecord, Store
+from secretfs.stores.base import (
+    BulkReader,
+    Capabilities,
+    DirListing,
+    HealthReporter,
+    SecretMeta,
+    SecretRecord,
+    Store,
+    Watcher,
+    bulk_reader,
+    health_reporter,
+    watcher,
+)
 
 
 def names_of(metas: list[SecretMeta]) -> list[str]:
@@ -315,6 +330,52 @@ class StoreContract:
         assert store.read("kept").value == {"value": "v"}
         assert names_of(store.list()) == ["kept"]
 
+    # ----- declared capabilities -----------------------------------------------------------------
+
+    def test_capabilities_are_declared_truthfully(self, store: Store) -> None:
+        caps = store.capabilities
+        assert isinstance(caps, Capabilities)
+        # A bulk read the store has but does not declare would never be used.
+        assert isinstance(store, BulkReader) == caps.bulk_read
+        assert (bulk_reader(store) is not None) == caps.bulk_read
+        assert not caps.watch or isinstance(store, Watcher)
+        assert (watcher(store) is not None) == caps.watch
+        assert not caps.health or isinstance(store, HealthReporter)
+        assert (health_reporter(store) is not None) == caps.health
+
+    def test_bulk_read_matches_read(self, store: Store) -> None:
+        reader = bulk_reader(store)
+        if reader is None:
+            pytest.skip("the store declares no bulk reads")
+        assert reader.read_many([]) == {}
+        names = ["a", "d/b", "d/c/e", "ünï"]
+        for i, name in enumerate(names):
+            store.write(name, {"value": str(i), "nested": {"k": name}})
+        records = reader.read_many([*names, "missing", "d"])
+        assert sorted(records) == sorted(names)
+        for name, record in records.items():
+            single = store.read(name)
+            assert isinstance(record, SecretRecord)
+            assert (record.name, record.value) == (single.name, single.value)
+            assert record.updated_at == pytest.approx(single.updated_at, abs=1e-3)
+            assert record.created_at == pytest.approx(single.created_at, abs=1e-3)
+        store.delete("a")
+        assert sorted(reader.read_many(names)) == sorted(names[1:])
+
+    def test_watch_reports_a_change(self, store: Store) -> None:
+        watching = watcher(store)
+        if watching is None:
+            pytest.skip("the store declares no change watching")
+        changed = threading.Event()
+        stop = watching.watch(changed.set)
+        assert stop is not None, "a store that declares watching must watch"
+        try:
+            changed.clear()  # only what follows the write counts
+            store.write("watched", {"value": "1"})
+            assert changed.wait(10), "no change reported within 10 s of a write"
+        finally:
+            stop()
+
     # ----- info / close --------------------------------------------------------------------------
 
     def test_info_has_no_values(self, store: Store) -> None:
@@ -358,7 +419,11 @@ class StoreContract:
     def test_concurrent_first_writes_of_one_new_name(self, store: Store) -> None:
         for round_ in range(3):
             name = f"race/{round_}"
-            run_threads(self.thread_count, lambda i, name=name: store.write(name, {"value": str(i)}))
+
+            def write(i: int, name: str = name) -> None:
+                store.write(name, {"value": str(i)})
+
+            run_threads(self.thread_count, write)
             assert names_of(store.list(name)) == [name]
             assert store.read(name).value["value"] in {str(i) for i in range(self.thread_count)}
 

@@ -180,6 +180,7 @@ def test_node_envelopes_read_by_cli(tmp_path: Path, archestra_db: Path, secret: 
     assert status["backend"]["hidden_vault_rows"] == 1
 
 
+@pytest.mark.mount
 def test_node_envelopes_read_through_mount(tmp_path: Path, archestra_db: Path, secret: str) -> None:
     instance = instance_for(tmp_path, archestra_db, secret)
     assert not crypto.is_encrypted(stored_rows(archestra_db)["legacy_plain"])

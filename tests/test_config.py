@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from secretfs import config
-from secretfs.config import ConfigError, Secret, load_settings, parse_mode, read_secret_env, redact_url
-from secretfs.errors import EXIT_CONFIG
+from secretfs.config import Secret, load_settings, parse_mode, read_secret_env, redact_url
+from secretfs.errors import EXIT_CONFIG, ConfigError
 from tests.support.mount import Instance, base_env
 
 ENC = "ARCHESTRA_SECRETS_ENCRYPTION_SECRET"
@@ -179,14 +179,14 @@ def test_generated_key_source_and_path(tmp_path: Path) -> None:
 
 
 def test_data_dir_for_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(config.os, "geteuid", lambda: 0)
+    monkeypatch.setattr("secretfs.config.os.geteuid", lambda: 0)
     env = {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
     assert config.default_data_dir(env) == Path("/var/lib/secretfs")
     assert load_settings(env=env).database_url == "sqlite:////var/lib/secretfs/secretfs.db"
 
 
 def test_data_dir_for_users(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(config.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("secretfs.config.os.geteuid", lambda: 1000)
     home = tmp_path / "home"
     assert config.default_data_dir({"HOME": str(home)}) == home / ".local/share/secretfs"
     assert config.default_data_dir({"HOME": str(home), "XDG_DATA_HOME": str(tmp_path / "xdg")}) == (
@@ -199,7 +199,7 @@ def test_data_dir_for_users(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 
 def test_explicit_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(config.os, "geteuid", lambda: 0)
+    monkeypatch.setattr("secretfs.config.os.geteuid", lambda: 0)
     assert config.default_data_dir({"SECRETFS_DATA_DIR": str(tmp_path / "x")}) == tmp_path / "x"
     settings = load_settings(env={"SECRETFS_DATA_DIR": str(tmp_path / "x")}, data_dir=tmp_path / "flag")
     assert settings.data_dir == tmp_path / "flag"

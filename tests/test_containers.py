@@ -27,6 +27,8 @@ import pytest
 from secretfs import mounts
 from tests.support.mount import Instance, force_unmount, mounted
 
+pytestmark = pytest.mark.mount
+
 APP_SCRIPT = r"""
 set -e
 mount --rbind "$SHARED" "$APP"

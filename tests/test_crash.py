@@ -28,6 +28,9 @@ import pytest
 
 from secretfs import mounts
 from tests.support.mount import SECRETFS, Instance, Mounted, base_env, force_unmount, make_instance, mounted
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.mount
 
 CRASH_SECONDS = float(os.environ.get("SECRETFS_CRASH_SECONDS", "30"))
 SIZES = (0, 1, 17, 4095, 4096, 65537, 200_000, 700_000)
@@ -141,14 +144,19 @@ def start_daemon(instance: Instance, mountpoint: Path, log: Path) -> subprocess.
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    deadline = time.monotonic() + 30
-    while not mounts.is_live(mountpoint):
+
+    def live() -> bool:
+        if mounts.is_live(mountpoint):
+            return True
         if proc.poll() is not None:
             raise AssertionError(f"mount exited {proc.returncode}: {log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"mount not live: {log.read_text()[-3000:]}")
-        time.sleep(0.02)
+        return False
+
+    try:
+        wait_until(live, 30, message=lambda: f"mount not live: {log.read_text()[-3000:]}")
+    except AssertionError:
+        proc.kill()  # nothing to do if it exited already
+        raise
     return proc
 
 
@@ -273,10 +281,8 @@ def test_flush_from_a_forked_child_does_not_store_a_partial_value(instance: Inst
 def test_truncate_to_empty_without_writing_is_stored(instance: Instance, mnt: Mounted) -> None:
     instance.cli("put", "f", input=b"old")
     subprocess.run(["sh", "-c", ': > "$F"'], env={"F": str(mnt.path / "f"), "PATH": "/usr/bin:/bin"}, check=True)
-    deadline = time.monotonic() + 10
-    while stored(instance, "f") != b"" and time.monotonic() < deadline:
-        time.sleep(0.1)  # committed at release, which the kernel sends after close() returns
-    assert stored(instance, "f") == b""
+    # committed at release, which the kernel sends after close() returns
+    wait_until(lambda: stored(instance, "f") == b"", 10, interval=0.1, message="f was not stored empty")
 
 
 def test_ftruncate_applies_to_the_open_files_buffer(instance: Instance, mnt: Mounted) -> None:

@@ -21,11 +21,13 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from tests.support.mount import make_instance
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -66,9 +68,11 @@ def exec_form(keyword: str) -> list[str]:
 def healthcheck_command() -> list[str]:
     rest = one("HEALTHCHECK")
     _, _, command = rest.partition("CMD ")
-    return json.loads(command)
+    argv: list[str] = json.loads(command)
+    return argv
 
 
+@pytest.mark.mount
 def test_entrypoint_and_healthcheck_work_as_in_a_container(tmp_path: Path) -> None:
     entrypoint, cmd = exec_form("ENTRYPOINT"), exec_form("CMD")
     assert entrypoint[0] == IMAGE_BINARY
@@ -96,22 +100,26 @@ def test_entrypoint_and_healthcheck_work_as_in_a_container(tmp_path: Path) -> No
             prefix += ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
         return subprocess.run([*prefix, *command], env=instance.env, capture_output=True, timeout=60, check=False)
 
+    def first_child() -> int:
+        children = Path(f"/proc/{runner.pid}/task/{runner.pid}/children").read_text().split()
+        assert runner.poll() is None, log.read_text()
+        return int(children[0]) if children else 0
+
+    def healthy() -> bool:
+        if inside(*health).returncode == 0:
+            return True
+        assert runner.poll() is None, log.read_text()
+        return False
+
     pid1 = 0
     try:
-        deadline = time.monotonic() + 30
-        while not pid1:
-            children = Path(f"/proc/{runner.pid}/task/{runner.pid}/children").read_text().split()
-            pid1 = int(children[0]) if children else 0
-            assert runner.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
+        pid1 = wait_until(first_child, 30, message=log.read_text)
         # The container's PID 1 is secretfs itself.
         assert "secretfs" in Path(f"/proc/{pid1}/cmdline").read_bytes().decode()
         assert Path(f"/proc/{pid1}/status").read_text().count("NSpid:") == 1
         assert Path(f"/proc/{pid1}/status").read_text().split("NSpid:")[1].split()[1] == "1"
         health = [part.replace(IMAGE_BINARY, VENV_BINARY) for part in healthcheck_command()]
-        while inside(*health).returncode != 0:
-            assert runner.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_until(healthy, 30, interval=0.1, message=log.read_text)
         # Another uid (another container's process) reads through --allow-other and the CMD's modes.
         read = inside("cat", str(MOUNT_PATH / "db_password"), user=True)
         assert read.returncode == 0, read.stderr

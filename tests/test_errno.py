@@ -46,6 +46,7 @@ def test_eacces_store_refused(instance: Instance, mnt: Mounted) -> None:
     assert errno_of(write, mnt.path / "vaultref", b"value") == errno.EACCES
 
 
+@pytest.mark.mount
 def test_erofs_read_only_mount(instance: Instance, tmp_path: Path) -> None:
     instance.cli("put", "x", input=b"v")
     with mounted(instance, tmp_path / "ro", "--read-only") as m:
@@ -55,6 +56,7 @@ def test_erofs_read_only_mount(instance: Instance, tmp_path: Path) -> None:
         assert (m.path / "x").read_bytes() == b"v"
 
 
+@pytest.mark.mount
 def test_eio_backend_busy_beyond_timeout(instance: Instance, tmp_path: Path) -> None:
     instance.cli("put", "x", input=b"old")
     with mounted(instance, tmp_path / "m", "--timeout", "1") as m:
@@ -72,6 +74,7 @@ def test_eio_backend_busy_beyond_timeout(instance: Instance, tmp_path: Path) -> 
         assert (m.path / "x").read_bytes() == b"old"
 
 
+@pytest.mark.mount
 def test_eio_tampered_ciphertext_only_that_file(instance: Instance, tmp_path: Path) -> None:
     instance.cli("put", "good", input=b"fine")
     instance.cli("put", "bad", input=b"tampered-marker-value")
@@ -124,7 +127,12 @@ def test_failed_write_keeps_old_value_and_reaches_close(instance: Instance, mnt:
     db = sqlite3.connect(instance.data_dir / "secretfs.db", timeout=0, isolation_level=None)
     db.execute("BEGIN IMMEDIATE")
     done = threading.Event()
-    threading.Timer(8, lambda: done.is_set() or db.interrupt()).start()
+
+    def interrupt() -> None:
+        if not done.is_set():
+            db.interrupt()
+
+    threading.Timer(8, interrupt).start()
     try:
         with pytest.raises(OSError) as info:
             handle.close()

@@ -35,6 +35,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from tests.support.mount import make_instance, mounted
 
+pytestmark = pytest.mark.mount
+
 MAX_VALUE = 1024 * 1024  # README: values are at most 1 MiB
 MAX_NAME_CHARS = 256  # README: names are at most 256 characters
 MAX_SEGMENT_BYTES = 255
@@ -128,18 +130,25 @@ class Model:
         prefix = f"{name}/" if name else ""
         return {entry[len(prefix) :].split("/")[0] for entry in [*self.files, *self.dirs()] if entry.startswith(prefix)}
 
+    @staticmethod
+    def missing_error(name: str) -> int:
+        """A lookup of a name that does not exist: ENAMETOOLONG for a segment too long, as tmpfs and
+        ext4 answer, else ENOENT."""
+        too_long = len(name.rpartition("/")[2].encode("utf-8", "surrogateescape")) > MAX_SEGMENT_BYTES
+        return errno.ENAMETOOLONG if too_long else errno.ENOENT
+
     def walk_error(self, name: str) -> int | None:
         """The errno of looking up name's parent directories (ENOENT, ENOTDIR), if any."""
         for ancestor in ancestors(name):
             kind = self.kind(ancestor)
             if kind is None:
-                return errno.ENOENT
+                return self.missing_error(ancestor)
             if kind == "file":
                 return errno.ENOTDIR
         return None
 
     def lookup_error(self, name: str) -> int | None:
-        return self.walk_error(name) or (errno.ENOENT if self.kind(name) is None else None)
+        return self.walk_error(name) or (self.missing_error(name) if self.kind(name) is None else None)
 
     @staticmethod
     def name_error(name: str) -> int | None:
@@ -327,6 +336,7 @@ class MountMachine(RuleBasedStateMachine):
     def open_rdwr(self, name: str) -> int | None:
         """open(name, O_RDWR), checking the errno the model predicts; the fd, or None if refused."""
         expected = self.file_error(name)
+        fd: int | None
         got, fd = outcome(os.open, self.path(name), os.O_RDWR)
         self.expect(f"open {name!r} O_RDWR", expected, got)
         return fd
@@ -341,7 +351,8 @@ class MountMachine(RuleBasedStateMachine):
         old = self.model.files[name]
         try:
             assert os.pwrite(fd, content, offset) == len(content)
-            assert self.read(name) == old, "a write was visible before close"
+            # Another descriptor of the file sees the pending content, as on a local filesystem.
+            assert self.read(name) == overlay(old, offset, content), "another descriptor missed the write"
         finally:
             os.close(fd)
         self.model.write(name, overlay(old, offset, content))

@@ -21,8 +21,11 @@ from pathlib import Path
 import pytest
 
 from secretfs import mounts
-from secretfs.fuse_ops import STATUS_XATTR
+from secretfs.mounts import STATUS_XATTR
 from tests.support.mount import SECRETFS, Instance, force_unmount
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.mount
 
 NO_PTRACE = ["setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"]
 
@@ -40,12 +43,15 @@ def daemon(instance: Instance, mountpoint: Path, prefix: list[str]) -> Iterator[
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+    def live() -> bool:
+        if mounts.is_live(mountpoint):
+            return True
+        assert proc.poll() is None, log.read_text()
+        return False
+
     try:
-        deadline = time.monotonic() + 30
-        while not mounts.is_live(mountpoint):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
+        wait_until(live, 30, message=log.read_text)
         yield proc
     finally:
         force_unmount(mountpoint)

@@ -10,7 +10,6 @@ import os
 import secrets
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,7 @@ import pytest
 from secretfs import mounts
 from tests.support.mount import SECRETFS, Instance, Mounted, base_env, force_unmount, mounted
 
-
-def wait_gone(path: Path, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while mounts.find_mount(path) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
+pytestmark = pytest.mark.mount
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

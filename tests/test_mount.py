@@ -12,6 +12,8 @@ import pytest
 
 from tests.support.mount import Instance, Mounted, mounted
 
+pytestmark = pytest.mark.mount
+
 
 def sh(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["sh", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=30, check=False)

@@ -47,6 +47,7 @@ import pytest
 from secretfs import mounts
 from secretfs.errors import EXIT_KEY, EXIT_NOT_FOUND, EXIT_USAGE
 from tests.support.mount import SECRETFS, Instance, Mounted, base_env, mounted, os_read
+from tests.support.wait import wait_until
 
 TMP = Path("/tmp")
 CHUNK = 16 << 20
@@ -307,6 +308,7 @@ def tamper(db_path: Path, name: str) -> None:
         db.close()
 
 
+@pytest.mark.mount
 def test_full_session_leaves_no_marker_anywhere(tmp_path: Path) -> None:
     since = time.time() - 2  # before any marker exists (margin for timestamp granularity)
     markers = make_markers()
@@ -536,10 +538,8 @@ def test_search_finds_a_marker_in_a_process_environment(tmp_path: Path) -> None:
     marker = make_markers()["put_unicode"]
     proc = subprocess.Popen(["sleep", "30"], env={"LEAKED": marker.decode()})
     try:
-        deadline = time.monotonic() + 10
         # Popen returns once exec has begun; the new image's environment is readable a moment later.
-        while not (environ := proc_blob(proc.pid, "environ")) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        environ = wait_until(lambda: proc_blob(proc.pid, "environ"), 10, interval=0.01, message="no environ")
         hits = scan(environ, "environ", needles({"m": marker}))
         hits += scan(proc_blob(os.getpid(), "cmdline"), "cmdline", needles({"m": marker}))
     finally:

@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
+
 from tests.support.mount import Instance, base_env, mounted
 
 
@@ -71,6 +73,7 @@ def make_markers() -> dict[str, bytes]:
     }
 
 
+@pytest.mark.mount
 def test_no_plaintext_in_database_wal_or_data_dir(tmp_path: Path) -> None:
     markers = make_markers()
     data = tmp_path / "data"

@@ -119,12 +119,14 @@ def run_protocol(instance: Instance, tmp_path: Path, listener: NotifyListener) -
         stop(proc, mountpoint)
 
 
+@pytest.mark.mount
 def test_ready_after_mount_answers_and_stopping_on_sigterm(
     instance: Instance, tmp_path: Path, listener: NotifyListener
 ) -> None:
     run_protocol(instance, tmp_path, listener)
 
 
+@pytest.mark.mount
 def test_abstract_notify_socket(instance: Instance, tmp_path: Path) -> None:
     lst = NotifyListener(f"@secretfs-test-{secrets.token_hex(8)}")
     try:
@@ -133,6 +135,7 @@ def test_abstract_notify_socket(instance: Instance, tmp_path: Path) -> None:
         lst.close()
 
 
+@pytest.mark.mount
 def test_no_ready_when_the_mount_fails(instance: Instance, tmp_path: Path, listener: NotifyListener) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()

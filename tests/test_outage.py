@@ -14,12 +14,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.bao import BaoServer, vault_env
 from tests.support.mount import Instance, Mounted, make_instance, mounted, os_read
 from tests.support.pg import PgServer, postgres_server
+from tests.support.wait import wait_until
+
+pytestmark = [pytest.mark.mount, pytest.mark.server]
 
 TIMEOUT = 1.0
 MAX_STALE = 4.0
@@ -33,10 +37,11 @@ def read_errno(path: Path) -> tuple[int, float]:
     return int(info.value.errno or 0), time.monotonic() - started
 
 
-def runtime_status(m: Mounted) -> dict:  # type: ignore[type-arg]
+def runtime_status(m: Mounted) -> dict[str, Any]:
     report = json.loads(m.instance.cli("status", str(m.path), "--json", check=False).stdout)
     assert "daemon" in report["mount"], report["mount"]
-    return report["mount"]["daemon"]
+    daemon: dict[str, Any] = report["mount"]["daemon"]
+    return daemon
 
 
 def outage_args(mode: str) -> list[str]:
@@ -63,16 +68,15 @@ def check_outage(m: Mounted, known: Path, unknown: Path, expected: bytes, stop, 
     code, took = read_errno(known)
     assert code == errno.EIO and took < TIMEOUT * 3 + 2
     start()
-    # Service recovers by itself.
-    deadline = time.monotonic() + 30
-    while True:
+
+    def recovered() -> bool:
         try:
-            if os_read(known) == expected:
-                break
+            return os_read(known) == expected
         except OSError:
-            pass
-        assert time.monotonic() < deadline, "the mount did not recover after the backend came back"
-        time.sleep(0.2)
+            return False
+
+    # Service recovers by itself.
+    wait_until(recovered, 30, interval=0.2, message="the mount did not recover after the backend came back")
     assert runtime_status(m)["health"]["state"] == "healthy"
     log = m.log.read_text()
     assert "backend unavailable" in log and "available again" in log

@@ -6,7 +6,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tests.support.mount import Instance, mounted
+
+pytestmark = pytest.mark.mount
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 

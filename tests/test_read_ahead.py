@@ -3,11 +3,9 @@ bulk pass, and the start-up filter for plaintext rows. Correctness only (the ben
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +15,9 @@ import sqlalchemy as sa
 from secretfs import crypto
 from secretfs.cache import PREFETCH_WINDOW, CachingStore
 from secretfs.errors import BackendUnavailable, IntegrityError, NotFound
-from secretfs.freshness import Freshness
-from secretfs.stores.base import SecretRecord
-from secretfs.stores.memory import MemoryStore
 from secretfs.stores.sql import READ_MANY_CHUNK, SqlStore, make_engine
 from secretfs.stores.sql_setup import prepare_database
+from tests.support.counting import CountingStore
 from tests.test_sql_store import Db, insert_rows, make_foreign
 
 
@@ -71,32 +67,6 @@ def test_read_many_matches_read(db: Db, key: bytes) -> None:
         assert store.read_many([]) == {}
     finally:
         store.close()
-
-
-class CountingStore(MemoryStore):
-    """A memory store with read_many, counting backend calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[str] = []
-        self.bulk: list[list[str]] = []
-        self.down = False
-
-    def read(self, name: str) -> SecretRecord:
-        if self.down:
-            raise BackendUnavailable("down")
-        self.reads.append(name)
-        return super().read(name)
-
-    def read_many(self, names: Sequence[str]) -> dict[str, SecretRecord]:
-        if self.down:
-            raise BackendUnavailable("down")
-        self.bulk.append(list(names))
-        out = {}
-        for name in names:
-            with contextlib.suppress(NotFound):
-                out[name] = super().read(name)
-        return out
 
 
 @pytest.fixture
@@ -164,26 +134,6 @@ def test_read_ahead_respects_ttl_and_invalidation(counting: CountingStore) -> No
     now[0] = 10.0  # everything expired: the next miss reads ahead again
     counting.write("dir/f0002", {"value": "later"})
     assert cache.read("dir/f0002").value == {"value": "later"}
-
-
-def test_refresher_reads_tracked_secrets_in_bulk(counting: CountingStore) -> None:
-    changes: list[tuple[str, Any, Any]] = []
-    cache = CachingStore(counting, ttl=60)
-    fresh = Freshness(cache, on_change=lambda n, o, new: changes.append((n, o, new)), interval=60)
-    for i in range(5):
-        fresh.read(f"dir/f{i:04d}")
-    counting.reads.clear()
-    counting.bulk.clear()
-    counting.write("dir/f0001", {"value": "changed"})
-    counting.delete("dir/f0002")
-    assert fresh.refresh_once() == 2
-    assert len(counting.bulk) == 1 and counting.reads == []
-    assert {name for name, _, _ in changes} == {"dir/f0001", "dir/f0002"}
-    assert fresh.read("dir/f0001").value == {"value": "changed"}
-    counting.down = True
-    changes.clear()
-    assert fresh.refresh_once() == 0  # outage within max_stale: the kernel keeps what it has
-    assert changes == []
 
 
 # ----- start-up: the database filters out rows that are surely encrypted ---------------------------
@@ -284,24 +234,3 @@ def test_no_fast_reads_for_engines_not_made_here(tmp_path: Path, key: bytes) -> 
         assert SqlStore(engine, key)._fast is None
     finally:
         engine.dispose()
-
-
-# ----- the SQLite watcher: a follow-up pass after an event -------------------------------------------
-
-
-def test_watcher_event_gets_a_follow_up_pass(counting: CountingStore) -> None:
-    # The event may come before the writer's commit is visible: one more pass follows shortly.
-    cache = CachingStore(counting, ttl=60)
-    fresh = Freshness(cache, on_change=lambda n, o, new: None, interval=60)
-    fresh.start()
-    try:
-        fresh.read("dir/f0000")
-        fresh.poke()
-        deadline = time.monotonic() + 10
-        while fresh.passes < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert fresh.passes == 2  # the event's pass and its follow-up, long before the 60 s pass
-        time.sleep(0.5)
-        assert fresh.passes == 2  # one follow-up only
-    finally:
-        fresh.stop()

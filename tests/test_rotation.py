@@ -117,6 +117,7 @@ def rotate_json(inst: Instance) -> dict[str, Any]:
 # ----- rotation -----------------------------------------------------------------------------------
 
 
+@pytest.mark.mount
 def test_rotate_key_reencrypts_every_row_then_is_idempotent(db: Db, tmp_path: Path) -> None:
     old, new = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     populate(db, tmp_path, old)
@@ -270,6 +271,7 @@ def test_rotate_key_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
 # ----- ARCHESTRA_SECRETS_ACCEPT_NEW_ENCRYPTION_KEY ----------------------------------------------------
 
 
+@pytest.mark.mount
 def test_accept_new_key_is_loud(db: Db, tmp_path: Path) -> None:
     old, new = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     populate(db, tmp_path, old)
@@ -299,6 +301,7 @@ def test_accept_new_key_is_loud(db: Db, tmp_path: Path) -> None:
     assert plain.cli("get", "plain").stdout == VALUES["plain"]
 
 
+@pytest.mark.mount
 def test_accept_new_key_warning_in_mount_log(tmp_path: Path) -> None:
     db = Db("sqlite", f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "m.db")
     populate(db, tmp_path, secrets.token_urlsafe(24))

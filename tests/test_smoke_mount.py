@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support.mount import Instance, Mounted
+
+pytestmark = pytest.mark.mount
 
 
 def test_put_then_cat(instance: Instance, mnt: Mounted) -> None:

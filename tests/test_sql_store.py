@@ -213,7 +213,7 @@ def test_startup_encryption_is_one_transaction(db: Db, key: bytes, monkeypatch: 
             raise RuntimeError("simulated crash in the middle of the migration")
         return real_encrypt(k, value, **kw)
 
-    monkeypatch.setattr(sql_setup.crypto, "encrypt", failing_encrypt)
+    monkeypatch.setattr("secretfs.stores.sql_setup.crypto.encrypt", failing_encrypt)
     engine = make_engine(db.url, timeout=10)
     try:
         with pytest.raises(RuntimeError):
@@ -228,6 +228,7 @@ def test_startup_encryption_is_one_transaction(db: Db, key: bytes, monkeypatch: 
         engine.dispose()
 
 
+@pytest.mark.mount
 def test_cli_migrate_and_mount_encrypt_plaintext(db: Db, tmp_path: Path, secret: str, key: bytes) -> None:
     make_foreign(db)
     insert_rows(db, [{"name": "a", "secret": {"value": "alpha"}}, {"name": "b", "secret": {"value": "beta"}}])
@@ -435,6 +436,7 @@ def test_wrong_key_refuses_and_changes_nothing(db: Db, tmp_path: Path, secret: s
     assert cli(db, tmp_path, secret, "get", "a").stdout == b"value of a"
 
 
+@pytest.mark.mount
 def test_wrong_key_refuses_to_mount(db: Db, tmp_path: Path, secret: str) -> None:
     _populate(db, tmp_path, secret)
     before = db.snapshot()

@@ -1,4 +1,5 @@
-"""The store contract (tests/contract.py) run against the memory store, SQLite and PostgreSQL."""
+"""The store contract (tests/contract.py) run against the memory store (and its bulk-reading test
+double), SQLite and PostgreSQL. The Vault store's classes are in test_vault_contract.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from secretfs.stores.memory import MemoryStore
 from secretfs.stores.sql import SqlStore, make_engine
 from secretfs.stores.sql_setup import prepare_database
 from tests.contract import StoreContract
+from tests.support.counting import CountingStore
 
 
 class TestMemoryStore(StoreContract):
@@ -27,6 +29,22 @@ class TestMemoryStore(StoreContract):
         # The memory store has no second handle on the same data: flip the flag on a twin that
         # shares the dict and lock.
         twin = MemoryStore(read_only=True)
+        twin._data = store._data
+        twin._lock = store._lock
+        return twin
+
+
+class TestCountingStore(StoreContract):
+    """The tests' memory store with bulk reads (tests/support/counting.py) keeps the contract too."""
+
+    @pytest.fixture
+    def store(self) -> CountingStore:
+        return CountingStore()
+
+    @pytest.fixture
+    def read_only_store(self, store: CountingStore) -> CountingStore:
+        twin = CountingStore()
+        twin.read_only = True
         twin._data = store._data
         twin._lock = store._lock
         return twin

@@ -23,6 +23,7 @@ import pytest
 
 from secretfs import config, mounts
 from tests.support.mount import SECRETFS, Instance, base_env, force_unmount
+from tests.support.wait import wait_until
 from tests.test_notify import NotifyListener
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,6 +178,7 @@ def test_template_and_plain_unit_differ_only_in_the_instance() -> None:
                 assert plain[section].get(key) == template[section].get(key), (section, key)
 
 
+@pytest.mark.mount
 def test_exec_start_runs_as_systemd_would(tmp_path: Path, credentials_dir: Path) -> None:
     """The template's ExecStart, with what systemd provides: NOTIFY_SOCKET, CREDENTIALS_DIRECTORY,
     the instance's SECRETFS_DATA_DIR and $SECRETFS_MOUNT_OPTIONS from the environment file; then
@@ -239,12 +241,16 @@ def namespace_mount_seen_on_host(tmp_path: Path, instance: Instance, propagation
         proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", propagation, "sh", "-c", script], env=instance.env
         )
+        inside = Path(f"/proc/{proc.pid}/mountinfo")
+
+        def mounted_inside() -> bool:  # mounted inside the namespace
+            if str(mnt) in inside.read_text():
+                return True
+            assert proc.poll() is None
+            return False
+
         try:
-            deadline = time.monotonic() + 30
-            inside = Path(f"/proc/{proc.pid}/mountinfo")
-            while str(mnt) not in inside.read_text():  # mounted inside the namespace
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_until(mounted_inside, 30, interval=0.05, message=f"{mnt} not mounted inside the namespace")
             time.sleep(0.5)
             return mounts.find_mount(mnt) is not None
         finally:
@@ -255,6 +261,7 @@ def namespace_mount_seen_on_host(tmp_path: Path, instance: Instance, propagation
         subprocess.run(["umount", "-l", str(shared)], check=False)
 
 
+@pytest.mark.mount
 def test_namespace_hardening_hides_the_mount_from_the_host(instance: Instance, tmp_path: Path) -> None:
     """Why ProtectSystem=, PrivateTmp= and the like are left out: systemd runs such a service in a
     mount namespace made a slave of the host's (then MountFlags=, here shared), so the mount stays

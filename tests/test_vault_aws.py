@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from secretfs.stores.vault_auth import aws_login_payload
 from tests.support.aws import AwsLoginProxy, Sts, aws_login_proxy, revoke_all, sts
 from tests.support.bao import BaoServer
 from tests.support.mount import make_instance, mounted
+from tests.support.wait import wait_until
 
 __all__ = ["sts"]  # the fixture
 
@@ -118,17 +118,15 @@ def test_aws_login_read_write_and_relogin_after_expiry(
         assert store.read("api/key").value == {"value": "aws-secret"}
         info = store.info()
         assert info["auth_method"] == "AWS" and info["address"] == proxy.url
-        deadline = time.monotonic() + 20
-        while store.auth.logins < 2:  # the 2s token is renewed, then replaced by a new login
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        # the 2s token is renewed, then replaced by a new login
+        wait_until(lambda: store.auth.logins >= 2, 20, interval=0.1, message="no second login")
         assert store.read("api/key").value == {"value": "aws-secret"}
         assert len(proxy.logins) >= 2
         # a 403 (every token revoked) leads to one new login and a successful retry
         proxy.token_ttl, proxy.token_max_ttl = "1h", "2h"
-        while store.auth.ttl() is not None and store.auth.ttl() < 100:  # type: ignore[operator]
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(
+            lambda: (ttl := store.auth.ttl()) is None or ttl >= 100, 20, interval=0.1, message="no long-lived token"
+        )
         revoke_all(proxy)
         before = store.auth.logins
         assert store.read("api/key").value == {"value": "aws-secret"}
@@ -152,6 +150,7 @@ def test_aws_login_refused_on_wrong_server_id(aws_env: dict[str, str], proxy: Aw
         open_vault_store(load_settings(env))
 
 
+@pytest.mark.mount
 def test_aws_mount(tmp_path: Path, proxy: AwsLoginProxy, sts: Sts, bao_server: BaoServer) -> None:
     role = next(iter(proxy.roles))
     bao_server.cli("kv", "put", "-mount=secret", f"{role}/svc/token", "value=via-aws")
@@ -160,10 +159,8 @@ def test_aws_mount(tmp_path: Path, proxy: AwsLoginProxy, sts: Sts, bao_server: B
     with mounted(inst, tmp_path / "mnt") as m:
         assert (m.path / "svc" / "token").read_bytes() == b"via-aws"
         (m.path / "svc" / "new").write_bytes(b"written-via-aws")
-        deadline = time.monotonic() + 20
-        while len(proxy.logins) < 2:  # the first token reaches its 3s maximum TTL: a new login
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        # the first token reaches its 3s maximum TTL: a new login
+        wait_until(lambda: len(proxy.logins) >= 2, 20, interval=0.1, message="no second login")
         assert (m.path / "svc" / "new").read_bytes() == b"written-via-aws"
     got = bao_server.cli("kv", "get", "-format=json", "-mount=secret", f"{role}/svc/new").stdout
     assert json.loads(got)["data"]["data"] == {"value": "written-via-aws"}

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from secretfs.config import load_settings
 from secretfs.stores.vault import VaultStore, open_vault_store
 from tests.support.bao import BaoServer
 from tests.support.k8s import DUMMY_CA_PEM, TokenReviewServer, token_review
 from tests.support.mount import make_instance, mounted
+from tests.support.wait import wait_until
 
 __all__ = ["token_review"]  # the fixture
 
@@ -61,13 +63,6 @@ def k8s_env(bao: BaoServer, mount: str, sub: str, jwt_file: Path) -> dict[str, s
     }
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
 def test_k8s_login_renewal_and_relogin_after_expiry(
     tmp_path: Path, bao_server: BaoServer, token_review: TokenReviewServer
 ) -> None:
@@ -89,8 +84,8 @@ def test_k8s_login_renewal_and_relogin_after_expiry(
         jwt_file.write_text(second)
         token_review.revoke(first)
         # Renewal keeps the token until its max TTL; then a new login must read the new JWT.
-        wait_for(lambda: store.auth.renewals >= 1)
-        wait_for(lambda: store.auth.logins >= 2)
+        wait_until(lambda: store.auth.renewals >= 1, 20, interval=0.1, message="no renewal")
+        wait_until(lambda: store.auth.logins >= 2, 20, interval=0.1, message="no second login")
         assert token_review.seen[-1] == second
         assert store.read("db/password").value == {"value": "k8s-pw"}
     finally:
@@ -118,6 +113,7 @@ def test_k8s_relogin_when_vault_answers_403(
         store.close()
 
 
+@pytest.mark.mount
 def test_k8s_mount_picks_up_a_new_jwt(tmp_path: Path, bao_server: BaoServer, token_review: TokenReviewServer) -> None:
     mount, sub = setup_kubernetes_auth(bao_server, token_review, ttl="2s", max_ttl="2s")
     bao_server.cli("kv", "put", "-mount=secret", f"{sub}/app/key", "value=through-k8s")
@@ -130,7 +126,7 @@ def test_k8s_mount_picks_up_a_new_jwt(tmp_path: Path, bao_server: BaoServer, tok
         second = token_review.new_token()
         jwt_file.write_text(second)
         token_review.revoke(first)
-        wait_for(lambda: second in token_review.seen)
+        wait_until(lambda: second in token_review.seen, 20, interval=0.1, message="the new JWT was not used")
         time.sleep(2.5)  # past the first token's max TTL either way
         assert (m.path / "app" / "key").read_bytes() == b"through-k8s"
         assert "logged in to Vault with K8S auth" in m.log.read_text()

@@ -19,6 +19,9 @@ import pytest
 from secretfs.errors import EXIT_REFUSED
 from tests.support.bao import KV1_MOUNT, BaoServer, vault_env
 from tests.support.mount import Instance, make_instance, mounted
+from tests.support.wait import wait_until
+
+pytestmark = [pytest.mark.mount, pytest.mark.server]
 
 
 def vault_instance(tmp_path: Path, bao: BaoServer, subpath: str, **extra: str) -> Instance:
@@ -56,10 +59,12 @@ def test_bao_kv_put_appears_in_mount(tmp_path: Path, bao_server: BaoServer) -> N
         assert (m.path / "app" / "db").stat().st_size == len(rendered.encode())
         # a change made in Vault shows on the next read
         bao_server.cli("kv", "put", "-mount=secret", f"{sub}/api_token", "value=tok-456")
-        deadline = time.monotonic() + 10
-        while (m.path / "api_token").read_bytes() != b"tok-456":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(
+            lambda: (m.path / "api_token").read_bytes() == b"tok-456",
+            10,
+            interval=0.2,
+            message="the change did not show",
+        )
 
 
 def bao_get(bao: BaoServer, path: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from secretfs.config import Secret, VaultSettings
 from secretfs.errors import AccessDenied, BackendUnavailable, InvalidName, NotFound
 from secretfs.stores.vault import VaultStore
 from tests.support.bao import ROOT_TOKEN, BaoServer
+from tests.support.clock import FakeClock
 
 
 def settings_for(bao: BaoServer, sub: str, token: str = ROOT_TOKEN, timeout: float = 5) -> VaultSettings:
@@ -80,18 +81,29 @@ def test_info_has_the_facts_and_no_token(store: VaultStore, bao_server: BaoServe
 
 
 def test_static_renewable_token_is_renewed_not_replaced(bao_server: BaoServer, sub: str) -> None:
+    # The token's lifecycle runs on a fake clock; Vault's answers (lookup, renewal) are real.
     policy = 'path "secret/*" { capabilities = ["create", "read", "update", "list", "delete"] }'
     bao_server.ok("PUT", f"sys/policies/acl/{sub}", json={"policy": policy})
-    token = bao_server.ok("POST", "auth/token/create", json={"policies": [sub], "ttl": "3s", "renewable": True})
+    token = bao_server.ok("POST", "auth/token/create", json={"policies": [sub], "ttl": "1h", "renewable": True})
     client_token = token["auth"]["client_token"]
-    s = VaultStore(settings_for(bao_server, sub, token=client_token))
+    clock = FakeClock()
+    s = VaultStore(settings_for(bao_server, sub, token=client_token), clock=clock)
     try:
         s.write("x", {"value": "1"})
-        s.auth.start_renewer()
-        time.sleep(5)  # longer than the token's TTL: only renewal keeps it alive
+        ttl = s.auth.ttl()
+        assert ttl is not None and 3500 < ttl <= 3600  # looked up from Vault
+        clock.advance(ttl - 301)  # more than the margin (5 min) left: not yet
         assert s.read("x").value == {"value": "1"}
-        assert s.auth.renewals >= 1
+        assert s.auth.renewals == 0
+        clock.advance(2)  # within the margin: renewed before the request
+        assert s.read("x").value == {"value": "1"}
+        assert s.auth.renewals == 1
+        renewed = s.auth.ttl()
+        assert renewed is not None and renewed > 3500  # Vault granted a full TTL again
         assert s.auth.logins == 0
+        assert s.auth.token() == client_token  # renewed, never replaced
+        lookup = bao_server.ok("POST", "auth/token/lookup", json={"token": client_token})
+        assert lookup["data"]["last_renewal_time"]  # Vault itself saw the renewal
     finally:
         s.close()
 

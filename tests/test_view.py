@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -278,7 +279,7 @@ def test_read_only_view_refuses_mutations(how: str) -> None:
         view = make_view(store)
     assert view.read_file("/s") == b"v"
     assert sorted(view.readdir("/")) == ["d", "s"]
-    for call in (
+    mutations: tuple[Callable[[], object], ...] = (
         lambda: view.write_file("/s", b"new"),
         lambda: view.write_file("/new", b"new"),
         lambda: view.check_creatable("/new"),
@@ -287,7 +288,8 @@ def test_read_only_view_refuses_mutations(how: str) -> None:
         lambda: view.mkdir("/m"),
         lambda: view.rmdir("/d"),
         lambda: view.unlink("/missing"),
-    ):
+    )
+    for call in mutations:
         with pytest.raises(ReadOnly):
             call()
     assert store.read("s").value == {"value": "v"}

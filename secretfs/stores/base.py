@@ -1,13 +1,19 @@
-"""The store interface every backend implements, and the records it deals in.
+"""The store interface every backend implements, the records it deals in, and its capabilities.
 
 A store maps secret names to JSON values. It raises only secretfs's own exceptions
 (secretfs.errors). Stores know nothing of paths, files, or FUSE.
+
+What a store can do beyond the Store protocol is declared, not discovered: its `capabilities`
+says which of the optional protocols (BulkReader, Watcher, HealthReporter) it implements, and
+callers reach them through `bulk_reader()`, `watcher()` and `health_reporter()`, never through
+getattr. The store contract (tests/contract.py) checks that each declaration is kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -37,11 +43,28 @@ class DirListing:
     dirs: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store offers beyond the Store protocol. Each flag names an optional protocol below."""
+
+    bulk_read: bool = False  # BulkReader: read_many(names), many values in one backend query
+    watch: bool = False  # Watcher: watch(on_change), a call when the data may have changed elsewhere
+    health: bool = False  # HealthReporter: `health`, whether the backend answers and since when not
+
+
+NO_CAPABILITIES = Capabilities()
+
+
 @runtime_checkable
 class Store(Protocol):
     """list, read, write, delete, rename, stat, close; names are full secret names ('a/b/c')."""
 
     read_only: bool
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this store offers beyond this protocol (see Capabilities)."""
+        ...
 
     def list(self, prefix: str = "") -> list[SecretMeta]:
         """Every secret whose name starts with prefix, in name order."""
@@ -78,6 +101,61 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+@runtime_checkable
+class BulkReader(Protocol):
+    """Declared by Capabilities.bulk_read."""
+
+    def read_many(self, names: Sequence[str]) -> dict[str, SecretRecord]:
+        """The records of those names that exist, in as few backend queries as it can.
+
+        Names missing, or whose value cannot be read (not decryptable), are left out: their own
+        read() reports why. BackendUnavailable is raised for the whole batch.
+        """
+        ...
+
+
+@runtime_checkable
+class Watcher(Protocol):
+    """Declared by Capabilities.watch."""
+
+    def watch(self, on_change: Callable[[], None]) -> Callable[[], None] | None:
+        """Call on_change (from any thread) whenever the data may have changed, by another process
+        or mount in particular (its own writes may be reported too, and a spurious call is harmless);
+        returns a function that stops watching, or None when there is nothing to watch."""
+        ...
+
+
+class HealthState(Protocol):
+    """A backend's health, as `secretfs status` shows it."""
+
+    degraded_since: float | None
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class HealthReporter(Protocol):
+    """Declared by Capabilities.health."""
+
+    @property
+    def health(self) -> HealthState: ...
+
+
+def bulk_reader(store: Store) -> BulkReader | None:
+    """The store's bulk reads when it declares them, else None."""
+    return cast(BulkReader, store) if store.capabilities.bulk_read else None
+
+
+def watcher(store: Store) -> Watcher | None:
+    """The store's change watching when it declares it, else None."""
+    return cast(Watcher, store) if store.capabilities.watch else None
+
+
+def health_reporter(store: Store) -> HealthReporter | None:
+    """The store's health tracking when it declares it, else None."""
+    return cast(HealthReporter, store) if store.capabilities.health else None
 
 
 def listing_from_names(names: list[str], directory: str) -> DirListing:

@@ -8,11 +8,20 @@ import time
 from typing import Any
 
 from secretfs.errors import NotFound, ReadOnly
-from secretfs.stores.base import DirListing, SecretMeta, SecretRecord, listing_from_names
+from secretfs.stores.base import (
+    NO_CAPABILITIES,
+    Capabilities,
+    DirListing,
+    SecretMeta,
+    SecretRecord,
+    listing_from_names,
+)
 
 
 class MemoryStore:
     """Secrets in a dict, guarded by a lock; values are deep-copied in and out."""
+
+    capabilities: Capabilities = NO_CAPABILITIES  # a subclass adding an optional protocol declares it
 
     def __init__(self, *, read_only: bool = False) -> None:
         self.read_only = read_only

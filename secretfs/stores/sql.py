@@ -15,8 +15,9 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +26,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 
 from secretfs import crypto
 from secretfs.errors import AccessDenied, BackendUnavailable, IntegrityError, NotFound, ReadOnly
-from secretfs.stores.base import DirListing, SecretMeta, SecretRecord, listing_from_names
+from secretfs.stores.base import Capabilities, DirListing, SecretMeta, SecretRecord, listing_from_names
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +236,25 @@ def _parse_row(updated: Any, created: Any, stored: Any) -> tuple[float, float, A
     return to_epoch(updated), to_epoch(created), None if stored is None else json.loads(stored)
 
 
+def sqlite_file(engine: Engine) -> Path | None:
+    """The database file of a SQLite engine (None for other databases and in-memory SQLite)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database).absolute()
+
+
 class SqlStore:
-    """The `secret` table, read and written through one key."""
+    """The `secret` table, read and written through one key.
+
+    Capabilities: bulk reads (read_many) always; change watching (watch) on SQLite files only.
+    """
 
     def __init__(self, engine: Engine, key: bytes, *, read_only: bool = False) -> None:
         self.engine = engine
         self.read_only = read_only
         self._key = key
+        self.capabilities = Capabilities(bulk_read=True, watch=sqlite_file(engine) is not None)
         # No LIMIT: a foreign database may hold a name twice, with timestamps in mixed text formats
         # that SQL cannot order (SQLite); the newest row is picked by its parsed time in Python.
         self._read_stmt = sa.select(T.updated_at, T.created_at, T.secret).where(T.name == sa.bindparam("name"), VISIBLE)
@@ -418,6 +431,15 @@ class SqlStore:
             "duplicate_names": self.duplicate_names(),
             "hidden_vault_rows": self.hidden_vault_rows(),
         }
+
+    def watch(self, on_change: Callable[[], None]) -> Callable[[], None] | None:
+        """Call on_change when another process may have written (SQLite files only); a stop function."""
+        db_file = sqlite_file(self.engine)
+        if db_file is None:
+            return None
+        from secretfs.stores.sqlite_watch import watch_file
+
+        return watch_file(db_file, on_change)
 
     def close(self) -> None:
         if self._fast is not None:

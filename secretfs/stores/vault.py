@@ -12,12 +12,13 @@ import copy
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from secretfs.config import Settings, VaultSettings
 from secretfs.errors import AccessDenied, InvalidName, NotFound, ReadOnly
-from secretfs.stores.base import DirListing, SecretMeta, SecretRecord
+from secretfs.stores.base import NO_CAPABILITIES, Capabilities, DirListing, SecretMeta, SecretRecord
 from secretfs.stores.vault_auth import VaultAuth
 from secretfs.stores.vault_http import api_path, call, make_adapter
 
@@ -39,14 +40,19 @@ def parse_time(text: Any) -> float:
 class VaultStore:
     """Secrets as Vault KV entries under one prefix."""
 
-    def __init__(self, settings: VaultSettings, *, read_only: bool = False) -> None:
+    capabilities: Capabilities = NO_CAPABILITIES  # KV has no bulk read; Vault pushes no changes
+
+    def __init__(
+        self, settings: VaultSettings, *, read_only: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """`clock` (monotonic seconds) times the token's lifecycle; tests pass one they can advance."""
         self.settings = settings
         self.read_only = read_only
         self.kv_version = settings.kv_version
         self.prefix = settings.secret_path.strip("/")
         self.metadata_prefix = (settings.metadata_path or "").strip("/") if settings.kv_version == 2 else None
         self._adapter = make_adapter(settings)
-        self.auth = VaultAuth(settings, self._adapter)
+        self.auth = VaultAuth(settings, self._adapter, clock=clock)
         self._opened_at = time.time()
         self._times: dict[str, tuple[float, float]] = {}  # KV v1: name -> (created, updated) seen here
         self._created: dict[str, float] = {}  # KV v2: name -> created_time, to spare a metadata read
@@ -223,13 +229,15 @@ class VaultStore:
         self._adapter.close()
 
 
-def open_vault_store(settings: Settings, *, read_only: bool = False) -> VaultStore:
+def open_vault_store(
+    settings: Settings, *, read_only: bool = False, clock: Callable[[], float] = time.monotonic
+) -> VaultStore:
     """Open the Vault store and get a usable token now, so a bad configuration fails at start."""
     if settings.vault is None:
         from secretfs.errors import ConfigError
 
         raise ConfigError(f"{settings.mode} mode needs the Vault settings")
-    store = VaultStore(settings.vault, read_only=read_only)
+    store = VaultStore(settings.vault, read_only=read_only, clock=clock)
     try:
         store.auth.token()
     except BaseException:

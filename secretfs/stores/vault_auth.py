@@ -8,6 +8,10 @@
 
 For K8S and AWS a new login replaces the token when renewal fails, when it has expired, or when
 Vault answers 403 (then the caller retries once). A background thread keeps an idle token renewed.
+
+Every decision about time (when to renew, whether the token expired, the TTL shown by `status`,
+the rate of the 403 warning) reads the injected `clock` (monotonic seconds), so tests advance a
+fake clock instead of sleeping. Only the background thread's waits are real time.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from secretfs.config import VaultSettings
-from secretfs.errors import AccessDenied, BackendUnavailable, ConfigError, NotFound, SecretfsError
-from secretfs.stores.vault_http import VaultRejected, api_path, call
+from secretfs.errors import AccessDenied, BackendUnavailable, ConfigError, NotFound, SecretfsError, VaultRejected
+from secretfs.stores.vault_http import api_path, call
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +70,19 @@ def aws_login_payload(settings: VaultSettings) -> dict[str, str]:
 class VaultAuth:
     """Holds the current token; every request asks `token()` first and reports 403s to `forbidden()`."""
 
-    def __init__(self, settings: VaultSettings, adapter: Any) -> None:
+    def __init__(self, settings: VaultSettings, adapter: Any, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self._clock = clock
         self.method = settings.auth_method
         self._adapter = adapter
         self._lock = threading.RLock()
         self._token: str | None = settings.token if self.method == "TOKEN" else None
-        self._expires_at: float | None = None  # monotonic; None = never expires (or unknown)
+        self._expires_at: float | None = None  # on the clock; None = never expires (or unknown)
         self._issued_ttl = 0.0
         self._renewable = False
         self._looked_up = False
         self._warned_expired = False
-        self._last_denied_warning = -DENIED_WARNING_INTERVAL
+        self._last_denied_warning: float | None = None  # on the clock; None: never warned
         self.logins = 0
         self.renewals = 0
         self._stop = threading.Event()
@@ -106,8 +112,9 @@ class VaultAuth:
             if self._token is not None and self._token != used:
                 return True  # another thread already logged in again
             if not self.can_relogin:
-                now = time.monotonic()
-                level = logging.DEBUG if now - self._last_denied_warning < DENIED_WARNING_INTERVAL else logging.WARNING
+                now = self._clock()
+                last = self._last_denied_warning
+                level = logging.DEBUG if last is not None and now - last < DENIED_WARNING_INTERVAL else logging.WARNING
                 if level == logging.WARNING:
                     self._last_denied_warning = now
                 log.log(
@@ -125,7 +132,7 @@ class VaultAuth:
         with self._lock:
             if self._expires_at is None:
                 return None
-            return max(0.0, self._expires_at - time.monotonic())
+            return max(0.0, self._expires_at - self._clock())
 
     def info(self) -> dict[str, Any]:
         """Facts for `status` (never the token)."""
@@ -160,7 +167,7 @@ class VaultAuth:
         with self._lock:
             if self._expires_at is None or not (self._renewable or self.can_relogin):
                 return 60.0
-            due = self._expires_at - self._margin() - time.monotonic()
+            due = self._expires_at - self._margin() - self._clock()
             return min(60.0, max(0.5, due))
 
     # ----- internals (called with the lock held) --------------------------------------------------
@@ -172,13 +179,13 @@ class VaultAuth:
         if not renewed or not self._issued_ttl:
             self._issued_ttl = ttl  # the TTL a login grants; renewals near the maximum TTL grant less
         self._renewable = renewable
-        self._expires_at = time.monotonic() + ttl if ttl > 0 else None
+        self._expires_at = self._clock() + ttl if ttl > 0 else None
         self._warned_expired = False
 
     def _refresh_if_due(self) -> None:
         if self._expires_at is None:
             return
-        remaining = self._expires_at - time.monotonic()
+        remaining = self._expires_at - self._clock()
         if remaining <= 0:
             if self.can_relogin:
                 log.info("Vault token expired; logging in again with %s auth", self.method)

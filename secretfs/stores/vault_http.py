@@ -16,11 +16,9 @@ import requests
 import requests.adapters
 
 from secretfs.config import VaultSettings
-from secretfs.errors import AccessDenied, BackendUnavailable, NotFound, SecretfsError
+from secretfs.errors import AccessDenied, BackendUnavailable, NotFound, VaultRejected
 
-
-class VaultRejected(SecretfsError):
-    """Vault refused the request as malformed (400 and other non-retryable 4xx)."""
+__all__ = ["VaultRejected", "api_path", "call", "make_adapter"]
 
 
 def make_adapter(settings: VaultSettings) -> Any:

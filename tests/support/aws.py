@@ -18,7 +18,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -30,6 +29,7 @@ import requests
 
 from tests.support.bao import BaoServer, free_port
 from tests.support.http import serve
+from tests.support.wait import wait_until
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
@@ -57,15 +57,16 @@ def sts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sts]:
         proc = subprocess.Popen(
             [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
         )
+
+    def answering() -> bool:
+        with contextlib.suppress(requests.RequestException):
+            requests.get(f"{url}/moto-api/", timeout=1)
+            return True
+        assert proc.poll() is None, log.read_text()
+        return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                requests.get(f"{url}/moto-api/", timeout=1)
-                break
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.1)
+        wait_until(answering, 30, interval=0.1, message="moto_server did not start")
         import boto3
 
         iam = boto3.client(

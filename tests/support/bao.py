@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 import pytest
 import requests
+
+from tests.support.wait import wait_until
 
 ROOT_TOKEN = "root"
 BAO = Path(sys.executable).parent / "bao"
@@ -96,17 +97,19 @@ def start_bao(workdir: Path) -> BaoServer:
             env={"PATH": os.environ.get("PATH", ""), "HOME": str(workdir)},
         )
     server = BaoServer(addr, proc, log)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"bao exited {proc.returncode}: {log.read_text()}")
         with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{addr}/v1/sys/health", timeout=1).status_code == 200:
-                break
-        if time.monotonic() > deadline:
-            server.stop()
-            raise AssertionError(f"bao not healthy after 30s: {log.read_text()}")
-        time.sleep(0.05)
+            return requests.get(f"{addr}/v1/sys/health", timeout=1).status_code == 200
+        return False
+
+    try:
+        wait_until(healthy, 30, interval=0.05, message=lambda: f"bao not healthy: {log.read_text()}")
+    except AssertionError:
+        server.stop()  # nothing to do if it exited already
+        raise
     server.ok("POST", f"sys/mounts/{KV1_MOUNT}", json={"type": "kv", "options": {"version": "1"}})
     server.ok("POST", f"sys/mounts/{KV2_MOUNT}", json={"type": "kv", "options": {"version": "2"}})
     return server

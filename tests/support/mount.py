@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from secretfs import mounts
+from tests.support.wait import wait_until
 
 SECRETFS = [sys.executable, "-m", "secretfs"]
 
@@ -80,14 +81,16 @@ def mounted(instance: Instance, mountpoint: Path, *args: str, timeout: float = 3
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+    def live() -> bool:
+        if mounts.is_live(mountpoint):
+            return True
+        if proc.poll() is not None:
+            raise AssertionError(f"secretfs mount exited {proc.returncode}: {log.read_text()}")
+        return False
+
     try:
-        deadline = time.monotonic() + timeout
-        while not mounts.is_live(mountpoint):
-            if proc.poll() is not None:
-                raise AssertionError(f"secretfs mount exited {proc.returncode}: {log.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mount not live after {timeout}s: {log.read_text()}")
-            time.sleep(0.02)
+        wait_until(live, timeout, message=lambda: f"mount not live: {log.read_text()}")
         yield Mounted(mountpoint, proc, instance, log)
     finally:
         force_unmount(mountpoint)

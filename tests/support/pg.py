@@ -22,13 +22,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.wait import wait_until
 
 SUPERUSER = "secretfs"
 FALLBACK_OS_USER = "secretfs-pg"
@@ -197,11 +198,12 @@ def postgres_server() -> Iterator[PgServer]:
             if attempt == 2:
                 _check(result, "pg_ctl start", server)
             server.port = free_port()
-        deadline = time.monotonic() + 60
-        while server.run("pg_isready", "-h", "127.0.0.1", "-p", str(server.port), "-t", "2").returncode != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL not ready after 60s:\n{server.log_tail()}")
-            time.sleep(0.1)
+        wait_until(
+            lambda: server.run("pg_isready", "-h", "127.0.0.1", "-p", str(server.port), "-t", "2").returncode == 0,
+            60,
+            interval=0.1,
+            message=lambda: f"PostgreSQL not ready:\n{server.log_tail()}",
+        )
         server.admin(f"CREATE DATABASE {SESSION_DATABASE}")
         yield server
     finally:

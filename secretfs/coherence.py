@@ -1,0 +1,259 @@
+"""The one owner of coherence between the store, the value cache and the kernel.
+
+The kernel may cache a file node's attributes and pages for as long as it likes, because a node's
+version never changes (secretfs.nodes). What can change is which node a *name* leads to, and that is
+decided here, in two ways:
+
+- On access: every lookup (including the kernel revalidating a cached entry, which it does once
+  `entry_timeout` has passed) resolves the name through the value cache. Same content: the same
+  node. New content: a new node, and the kernel, seeing a new inode number, drops its old entry.
+  `entry_timeout` and the cache TTL are each half the freshness bound (`--cache-ttl`), so no path
+  leads to a value older than the bound. In `direct` mode entries are not cached at all.
+- On news: a source of change (the SQLite watcher; later other mounts, the CLI, PostgreSQL
+  notifications) calls `poke()`. A background pass re-reads the current file nodes from the store
+  and retires those whose value changed: their name is detached and the kernel is told to drop the
+  entry (fuse_lowlevel_notify_inval_entry), so the next path walk looks it up again.
+
+Kernel notifications go through one thread of their own: the kernel handles them synchronously and
+one sent from a request handler that holds the same directory could deadlock.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from secretfs.cache import CachingStore
+from secretfs.errors import BackendUnavailable, NotFound, SecretfsError
+from secretfs.nodes import Node, Nodes
+from secretfs.view import View
+
+log = logging.getLogger(__name__)
+
+CacheMode = Literal["direct", "kernel"]
+
+KERNEL_TIMEOUT = 3600.0  # attributes of a node never change behind the kernel's back
+FOLLOWUP_DELAY = 0.2  # a watcher event can precede the visible commit: look once more this much later
+WAIT_LIMIT = 2.0  # longest a request waits for its own notifications
+
+
+@dataclass(frozen=True)
+class FreshnessPolicy:
+    """The freshness bound and what follows from it, defined once."""
+
+    cache_mode: CacheMode = "kernel"
+    ttl: float = 5.0  # no path leads to a value older than this
+    max_stale: float = 300.0  # in an outage, serve a value read within this long, then EIO
+
+    @property
+    def cache_ttl(self) -> float:
+        return self.ttl / 2
+
+    @property
+    def entry_timeout(self) -> float:
+        return self.ttl / 2 if self.cache_mode == "kernel" else 0.0
+
+    @property
+    def attr_timeout(self) -> float:
+        return KERNEL_TIMEOUT
+
+
+class Notifier:
+    """A queue of kernel notifications and the thread that sends them."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="secretfs-notifier", daemon=True)
+            self._thread.start()
+
+    def submit(self, job: Callable[[], object], *, wait: bool = False) -> None:
+        """Queue a notification; with `wait`, return once it (and all before it) ran, or after WAIT_LIMIT."""
+        self._queue.put(job)
+        if wait and self._thread is not None:
+            done = threading.Event()
+            self._queue.put(done.set)
+            if not done.wait(WAIT_LIMIT):
+                log.warning("a kernel notification took longer than %.1fs; continuing", WAIT_LIMIT)
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                job()
+            except Exception as exc:
+                log.error("kernel notification failed: %s", type(exc).__name__)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+
+class Coherence:
+    """Which node each name leads to, and telling the kernel when that changes."""
+
+    def __init__(self, view: View, cache: CachingStore, nodes: Nodes, policy: FreshnessPolicy) -> None:
+        self.view = view
+        self.cache = cache
+        self.nodes = nodes
+        self.policy = policy
+        self.notifier = Notifier()
+        # Set once the session runs: (parent ino, name) -> drop that entry; ino -> drop attrs/pages.
+        self.invalidate_entry: Callable[[int, str], int] | None = None
+        self.invalidate_inode: Callable[[int], int] | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unwatch: Callable[[], None] | None = None
+        self.passes = 0
+
+    # ----- lookups ---------------------------------------------------------------------------------
+
+    def lookup(self, name: str) -> Node:
+        """The node a lookup of name answers with (counted as looked up); NotFound if none."""
+        node = self.nodes.current(name)
+        if node is not None and (node.is_dir or node.busy):
+            self.nodes.looked_up(node)  # a directory, or a file being written here: it owns the name
+            return node
+        resolved = self.view.resolve(name)
+        if node is not None and node.is_dir == resolved.is_dir and (node.is_dir or node.same_as(resolved.content)):
+            self.nodes.looked_up(node)
+            return node
+        return self.nodes.add(
+            name, is_dir=resolved.is_dir, version=resolved.content, mtime=resolved.mtime, ctime=resolved.ctime
+        )
+
+    def verify(self, node: Node) -> bool:
+        """Before a write that keeps old bytes: is node still the store's value? If not, retire it."""
+        if node.busy or node.name is None:
+            return True
+        snapshot = [(node, node.commits)]
+        self._refetch([self.view.secret_of(node.name)])
+        return not self._retire_changed(snapshot)
+
+    # ----- retiring nodes ----------------------------------------------------------------------------
+
+    def retire(self, node: Node, *, wait: bool = False) -> None:
+        """The value behind node's name changed: the name no longer leads to it."""
+        name = node.name
+        if name is None or self.nodes.current(name) is not node:
+            return
+        self.nodes.detach(name)
+        self.drop_entry(name, wait=wait)
+
+    def drop_entry(self, name: str, *, wait: bool = False) -> None:
+        """Have the kernel forget its directory entry for name (it looks the name up again)."""
+        parent_name, _, base = name.rpartition("/")
+        parent = self.nodes.current(parent_name)
+        send = self.invalidate_entry
+        if parent is None or send is None:
+            return  # the kernel cannot hold an entry under a directory it does not know
+        self.notifier.submit(lambda: send(parent.ino, base), wait=wait)
+
+    def drop_pages(self, node: Node) -> None:
+        """Have the kernel forget what it cached of node (its pending writes were dropped)."""
+        send = self.invalidate_inode
+        if send is not None:
+            self.notifier.submit(lambda: send(node.ino))
+
+    # ----- news from outside -----------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Something outside may have changed the store: check the current nodes soon."""
+        self._wake.set()
+
+    def check(self) -> int:
+        """Re-read every current file node's secret; retire those that changed. Returns how many."""
+        # Each node with the commit count it had before the store was read: one that commits
+        # meanwhile is newer than what the read saw, and is left alone.
+        snapshot = [(n, n.commits) for n in self.nodes.files() if n.name]
+        secrets = sorted({self.view.secret_of(n.name) for n, _ in snapshot if n.name})
+        changed = 0
+        if secrets:
+            try:
+                self._refetch(secrets)
+            except BackendUnavailable:
+                pass  # the outage policy applies at the next lookup
+            else:
+                changed = self._retire_changed(snapshot)
+        self.passes += 1
+        return changed
+
+    def _retire_changed(self, snapshot: list[tuple[Node, int]]) -> int:
+        """Retire the nodes whose secret now reads differently (the cache was just refetched)."""
+        changed = 0
+        for node, commits in snapshot:
+            if node.name is None:
+                continue
+            try:
+                resolved = self.view.resolve(node.name)
+            except BackendUnavailable:
+                continue
+            except SecretfsError:  # gone, or no longer readable: the next lookup reports which
+                resolved = None
+            if node.busy or node.commits != commits:
+                continue
+            if resolved is None or resolved.is_dir or not node.same_as(resolved.content):
+                self.retire(node)
+                changed += 1
+        return changed
+
+    def _refetch(self, secrets: list[str]) -> None:
+        """Bring the value cache up to date for these secrets (bulk where the store can)."""
+        if self.cache.can_fetch_many:
+            self.cache.fetch_many(secrets)
+            return
+        for secret in secrets:
+            try:
+                self.cache.fetch(secret)
+            except NotFound:
+                pass
+            except BackendUnavailable:
+                raise
+            except SecretfsError:
+                self.cache.invalidate(secret)
+
+    def _run(self) -> None:
+        followup = False
+        while not self._stop.is_set():
+            woken = self._wake.wait(FOLLOWUP_DELAY if followup else None)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.check()
+            except Exception as exc:
+                log.error("change check failed: %s", type(exc).__name__)
+            followup = woken  # one more pass after an event, none after the follow-up itself
+
+    # ----- life cycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.notifier.start()
+        self._thread = threading.Thread(target=self._run, name="secretfs-coherence", daemon=True)
+        self._thread.start()
+        self._unwatch = self.cache.watch(self.poke)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._unwatch is not None:
+            self._unwatch()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.notifier.stop()
+
+    def wait_for_pass(self, timeout: float) -> bool:
+        """For tests and benchmarks: block until one more check pass has completed."""
+        target = self.passes + 1
+        done = threading.Event()
+        deadline = timeout
+        while self.passes < target and deadline > 0:
+            done.wait(0.01)
+            deadline -= 0.01
+        return self.passes >= target
