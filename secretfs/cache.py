@@ -10,8 +10,8 @@
   when the store declares bulk reads (`Capabilities.bulk_read`). `ls -l` then costs one query per
   window instead of one per file.
   A value only read ahead, never read, is not served in an outage.
-- The mount's own writes, deletes and renames invalidate at once; `invalidate_all()` is for
-  changes learned from outside (the SQLite watcher, the refresher).
+- The mount's own writes, deletes and renames invalidate at once; changes learned from outside
+  come in through `fetch`, `fetch_many` and `invalidate` (coherence's check pass).
 - Outage policy: when the backend is unavailable, a value fetched successfully within the last
   `max_stale` seconds is served and the cache reports itself degraded (since when); after that,
   or for a value never fetched, the read fails (EIO). When the backend answers again the cache is
@@ -25,12 +25,12 @@ import logging
 import threading
 import time
 from bisect import bisect_left
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from secretfs.errors import BackendUnavailable, NotFound
+from secretfs.lru import BoundedLRU
 from secretfs.stores.base import (
     BulkReader,
     Capabilities,
@@ -114,17 +114,16 @@ class CachingStore:
         self.read_only = inner.read_only
         self.ttl = ttl
         self.max_stale = max_stale
-        self.max_entries = max_entries
         self.negative_ttl = min(negative_ttl, ttl)
         self.health = Health()
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: BoundedLRU[str, _Entry] = BoundedLRU(max_entries)
         self._dirs: dict[str, tuple[DirListing, float]] = {}
         self._generation = 0
         # The sorted file names of each recently listed directory: a read-ahead hint only (a stale
         # hint costs a useless prefetch, never a wrong answer). Kept across invalidations.
-        self._listed: OrderedDict[str, list[str]] = OrderedDict()
+        self._listed: BoundedLRU[str, list[str]] = BoundedLRU(LISTED_DIRS)
         self._bulk: BulkReader | None = bulk_reader(inner)
         self._watcher: Watcher | None = watcher(inner)
         self.capabilities = Capabilities(watch=self._watcher is not None, health=True)
@@ -133,19 +132,13 @@ class CachingStore:
 
     def _lookup(self, name: str) -> _Entry | None:
         with self._lock:
-            entry = self._entries.get(name)
-            if entry is not None:
-                self._entries.move_to_end(name)
-            return entry
+            return self._entries.get(name)
 
     def _store(self, name: str, entry: _Entry, generation: int) -> None:
         with self._lock:
             if generation != self._generation:
                 return  # invalidated while the fetch was in flight: do not resurrect old data
-            self._entries[name] = entry
-            self._entries.move_to_end(name)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._entries.put(name, entry)
 
     def _guard(self, fetch: Callable[[], T]) -> T:
         try:
@@ -185,7 +178,7 @@ class CachingStore:
         directory, _, base = name.rpartition("/")
         prefix = f"{directory}/" if directory else ""
         with self._lock:
-            files = self._listed.get(directory)
+            files = self._listed.peek(directory)
             if files is None:
                 return False
             at = bisect_left(files, base)
@@ -193,7 +186,7 @@ class CachingStore:
                 return False
             wanted = []
             for other in files[at : at + PREFETCH_WINDOW]:
-                held = self._entries.get(prefix + other)
+                held = self._entries.peek(prefix + other)
                 if held is None or held.record is None or now - held.fetched_at >= self.ttl:
                     wanted.append(prefix + other)
             generation = self._generation
@@ -208,10 +201,7 @@ class CachingStore:
             if generation != self._generation:
                 return False  # invalidated while the fetch was in flight
             for found, record in records.items():
-                self._entries[found] = _Entry(record, fetched_at, served=False)
-                self._entries.move_to_end(found)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+                self._entries.put(found, _Entry(record, fetched_at, served=False))
         return True
 
     def fetch(self, name: str, entry: _Entry | None = None) -> SecretRecord:
@@ -241,7 +231,7 @@ class CachingStore:
         return self._bulk is not None
 
     def fetch_many(self, names: Sequence[str]) -> dict[str, SecretRecord]:
-        """Read names from the backend in bulk (bypassing freshness), for the refresher.
+        """Read names from the backend in bulk (bypassing freshness), for coherence's check pass.
 
         Names absent from the result were missing or did not decrypt; they are dropped from the
         cache, so their next read asks the backend and reports which. BackendUnavailable is raised
@@ -257,47 +247,22 @@ class CachingStore:
                 for name in names:
                     record = records.get(name)
                     if record is None:
-                        self._entries.pop(name, None)
+                        self._entries.pop(name)
                     else:
-                        self._entries[name] = _Entry(record, fetched_at)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+                        self._entries.put(name, _Entry(record, fetched_at))
         return records
-
-    def stale_beyond_limit(self, name: str) -> bool:
-        """Whether the last good value of name was fetched more than max_stale seconds ago."""
-        entry = self._lookup(name)
-        return (
-            entry is None
-            or entry.record is None
-            or not entry.served
-            or self._clock() - entry.fetched_at >= self.max_stale
-        )
-
-    def cached_names(self) -> list[str]:
-        """Names whose values are held now (the refresher re-checks these)."""
-        with self._lock:
-            return [name for name, entry in self._entries.items() if entry.record is not None]
-
-    def peek(self, name: str) -> SecretRecord | None:
-        entry = self._lookup(name)
-        return entry.record if entry is not None else None
 
     def invalidate(self, *names: str) -> None:
         with self._lock:
             self._generation += 1
             for name in names:
-                self._entries.pop(name, None)
+                self._entries.pop(name)
             self._dirs.clear()
 
     def invalidate_all(self) -> None:
         with self._lock:
             self._generation += 1
             self._entries.clear()
-            self._dirs.clear()
-
-    def forget_dirs(self) -> None:
-        with self._lock:
             self._dirs.clear()
 
     # ----- the Store protocol -----------------------------------------------------------------
@@ -322,10 +287,7 @@ class CachingStore:
             if generation == self._generation:
                 self._dirs[directory] = (listing, self._clock())
             if listing.files:
-                self._listed[directory] = listing.files
-                self._listed.move_to_end(directory)
-                while len(self._listed) > LISTED_DIRS:
-                    self._listed.popitem(last=False)
+                self._listed.put(directory, listing.files)
         return listing
 
     def stat(self, name: str) -> SecretMeta:

@@ -145,7 +145,7 @@ def _mode(text: str) -> int:
 @common_options
 def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path | None, **kw: Any) -> None:
     """Mount the secrets at MOUNTPOINT; returns once the mount is live unless -f."""
-    from secretfs import daemon
+    from secretfs import background, daemon
 
     options = daemon.MountOptions(
         mountpoint=mountpoint,
@@ -167,7 +167,7 @@ def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path
         sys.exit(daemon.run_foreground(settings, options))
     daemon.check_mountpoint(mountpoint.absolute())
     log_path = log_file or settings.data_dir / "secretfs.log"
-    sys.exit(daemon.start_background(sys.argv[1:], mountpoint, log_path))
+    sys.exit(background.start_background(sys.argv[1:], mountpoint, log_path))
 
 
 @main.command()

@@ -8,7 +8,7 @@ decided here, in two ways:
   `entry_timeout` has passed) resolves the name through the value cache. Same content: the same
   node. New content: a new node, and the kernel, seeing a new inode number, drops its old entry.
   `entry_timeout` and the cache TTL are each half the freshness bound (`--cache-ttl`), so no path
-  leads to a value older than the bound. In `direct` mode entries are not cached at all.
+  leads to a value older than the bound.
 - On news: a source of change (the SQLite watcher; later other mounts, the CLI, PostgreSQL
   notifications) calls `poke()`. A background pass re-reads the current file nodes from the store
   and retires those whose value changed: their name is detached and the kernel is told to drop the
@@ -55,7 +55,7 @@ class FreshnessPolicy:
 
     @property
     def entry_timeout(self) -> float:
-        return self.ttl / 2 if self.cache_mode == "kernel" else 0.0
+        return self.ttl / 2
 
     @property
     def attr_timeout(self) -> float:
@@ -247,13 +247,3 @@ class Coherence:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.notifier.stop()
-
-    def wait_for_pass(self, timeout: float) -> bool:
-        """For tests and benchmarks: block until one more check pass has completed."""
-        target = self.passes + 1
-        done = threading.Event()
-        deadline = timeout
-        while self.passes < target and deadline > 0:
-            done.wait(0.01)
-            deadline -= 0.01
-        return self.passes >= target

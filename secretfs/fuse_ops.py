@@ -1,8 +1,7 @@
 """The FUSE adapter: inode requests in, replies and errnos out, nothing else.
 
 Names and contents come from the view, which inode a name leads to from the coherence owner, and
-open-file state lives on the nodes (secretfs.nodes). Writes are buffered on the node, shared by all
-its descriptors, and committed whole at flush, so an error reaches the writer's close().
+open-file state from the nodes and the open files (secretfs.nodes, secretfs.openfiles).
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ import errno
 import json
 import os
 import stat
-import time
-from dataclasses import dataclass
 from typing import Any
 
 from secretfs import errors, render
@@ -24,34 +21,12 @@ from secretfs.fusebind import (
     Entry,
     FuseError,
     SetAttr,
-    caller,
 )
 from secretfs.mounts import STATUS_XATTR
 from secretfs.nodes import Node, entry_ino, join
+from secretfs.openfiles import OpenFiles
 
 UNCHANGED_ID = (-1, 0xFFFFFFFF)
-
-
-def _tgid(pid: int) -> int:
-    """The process (thread group) of a request's thread id; the id itself if /proc cannot tell."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return pid
-
-
-@dataclass
-class Handle:
-    """One open file description with write access."""
-
-    node: Node
-    opener: int  # process that opened it: only its own close commits at flush
-    append: bool
-    written: bool = False  # a write or truncate came through this handle
 
 
 class SecretFS:
@@ -63,8 +38,7 @@ class SecretFS:
         self.nodes = coherence.nodes
         self.policy = coherence.policy
         self.read_only = self.view.options.read_only or self.view.store.read_only
-        self._handles: dict[int, Handle] = {}
-        self._next_fh = 1
+        self.files = OpenFiles(coherence)
 
     # ----- helpers -------------------------------------------------------------------------------------
 
@@ -108,61 +82,10 @@ class SecretFS:
             fi.direct_io = 1
         else:
             fi.keep_cache = 1  # a node's pages change only through the kernel itself
-        if not writable:
-            fi.noflush = 1  # nothing to commit at close
-            fi.fh = 0
-            return
-        self.nodes.hold(node, 1)
-        handle = Handle(node, _tgid(caller().pid), bool(fi.flags & os.O_APPEND))
-        with node.lock:
-            fh = self._next_fh
-            self._next_fh += 1
-            self._handles[fh] = handle
-            if fi.flags & os.O_TRUNC:
-                node.pending = bytearray()
-        fi.fh = fh
-
-    def _handle(self, fh: int) -> Handle:
-        handle = self._handles.get(fh)
-        if handle is None:
-            raise FuseError(errno.EBADF)
-        return handle
-
-    def _commit(self, node: Node) -> None:
-        """Store a node's pending content under its name (flush, fsync, release)."""
-        with node.lock:
-            if node.failed:
-                code, node.failed = node.failed, 0
-                self._drop_pending(node)
-                raise FuseError(code)
-            if not node.dirty:
-                return
-            if node.name is None:  # unlinked: nothing is stored, open descriptors keep what they wrote
-                node.version, node.pending, node.created = bytes(node.content), None, False
-                return
-            content = bytes(node.content)
-            try:
-                shown = self.view.write_file(node.name, content)
-            except errors.SecretfsError:
-                self._drop_pending(node)
-                raise
-            node.version, node.pending, node.created = content, None, False
-            node.mtime = node.ctime = time.time()
-            node.commits += 1
-            if shown != content:
-                # Stored in canonical form (a JSON object): the name now leads to a node with what
-                # the file shows; this one keeps what its descriptors wrote.
-                self.coherence.retire(node, wait=True)
-
-    def _drop_pending(self, node: Node) -> None:
-        """A failed commit: the old value stays, and the kernel forgets what it cached of the writes."""
-        node.pending = None
-        name = node.name
-        if node.created and name is not None:
-            node.created = False
-            self.nodes.detach(name)
-            self.coherence.drop_entry(name, wait=True)  # gone before close() returns
-        self.coherence.drop_pages(node)
+        if writable:
+            fi.fh = self.files.open(node, fi.flags)
+        else:
+            fi.noflush, fi.fh = 1, 0  # nothing to commit at close
 
     # ----- lifecycle -------------------------------------------------------------------------------------
 
@@ -197,24 +120,10 @@ class SecretFS:
         ):
             raise errors.NotPermitted("owners are set by the mount options")
         if change.size is not None:
-            self._truncate(self._file(ino), change.size, self._handles.get(fh or 0))
+            self.files.truncate(self._file(ino), change.size, fh)
         if change.mtime is not None:
             node.mtime = change.mtime
         return self._attr(node), self.policy.attr_timeout
-
-    def _truncate(self, node: Node, size: int, handle: Handle | None) -> None:
-        if size > render.MAX_VALUE_BYTES:
-            raise errors.ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
-        with node.lock:
-            content = bytearray(node.content)
-            if handle is not None:
-                handle.written = handle.written or size != len(content)
-            del content[size:]
-            content.extend(b"\0" * (size - len(content)))
-            node.pending = content
-            node.mtime = time.time()
-        if node.writers == 0:
-            self._commit(node)  # truncate(2) by path: one whole replace now
 
     def readdir(self, ino: int) -> list[tuple[str, int, int]]:
         name = self._dir(ino)
@@ -269,53 +178,16 @@ class SecretFS:
             return bytes(node.content[offset : offset + size])
 
     def write(self, ino: int, data: bytes, offset: int, fh: int) -> int:
-        handle = self._handle(fh)
-        node = handle.node
-        with node.lock:
-            content = node.content
-            start = len(content) if handle.append else offset
-            if start + len(data) > render.MAX_VALUE_BYTES:
-                node.failed = errno.EFBIG
-                raise errors.ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
-            buf = node.pending if node.pending is not None else bytearray(content)
-            if start > len(buf):
-                buf.extend(b"\0" * (start - len(buf)))
-            buf[start : start + len(data)] = data
-            node.pending = buf
-            node.mtime = time.time()
-        handle.written = True
-        return len(data)
+        return self.files.write(fh, data, offset)
 
     def flush(self, ino: int, fh: int) -> None:
-        handle = self._handles.get(fh)
-        if handle is not None and self._flush_commits(handle):
-            self._commit(handle.node)
-
-    @staticmethod
-    def _flush_commits(handle: Handle) -> bool:
-        """Whether this flush commits, or leaves it to a later flush or to release.
-
-        The kernel sends a flush at every close() of any descriptor. Two closes come before the
-        writer is done and must not store a partial or empty value: a child closing a descriptor
-        inherited across fork+exec, and a shell's close of the opened descriptor after dup2
-        (`printf x > f`: an O_TRUNC open with nothing written yet).
-        """
-        if handle.opener and _tgid(caller().pid) != handle.opener:
-            return False
-        return handle.written or handle.node.created
+        self.files.flush(fh)
 
     def fsync(self, ino: int, fh: int) -> None:
-        handle = self._handles.get(fh)
-        if handle is not None:
-            self._commit(handle.node)
+        self.files.fsync(fh)
 
     def release(self, ino: int, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if handle is None:
-            return
-        self.nodes.hold(handle.node, -1)
-        if handle.node.writers == 0:
-            self._commit(handle.node)  # what no flush committed (see _flush_commits)
+        self.files.release(fh)
 
     # ----- namespace -------------------------------------------------------------------------------------
 
@@ -341,7 +213,7 @@ class SecretFS:
             if self._exists(new) and self.view.resolve(new).is_dir:
                 raise errors.IsADirectory(new)
             self.nodes.move(node, new)
-            self._commit(node)
+            self.files.commit(node)
             return
         self.view.rename("/" + old, "/" + new)
         if node is not None:

@@ -38,7 +38,6 @@ ROOT_INO = 1
 # fuse_common.h capability bits (libfuse 3.x)
 CAP_ATOMIC_O_TRUNC = 1 << 3
 CAP_AUTO_INVAL_DATA = 1 << 12
-CAP_NO_OPEN_SUPPORT = 1 << 17
 
 # setattr's to_set bits
 SET_MODE, SET_UID, SET_GID, SET_SIZE = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -221,7 +220,6 @@ _loop_cfg_idle_threads = _declare("fuse_loop_cfg_set_idle_threads", None, ctypes
 _loop_mt = _declare("fuse_session_loop_mt_312", _INT, ctypes.c_void_p, ctypes.c_void_p)
 _inval_inode = _declare("fuse_lowlevel_notify_inval_inode", _INT, ctypes.c_void_p, ino_t, _OFF, _OFF)
 _inval_entry = _declare("fuse_lowlevel_notify_inval_entry", _INT, ctypes.c_void_p, ino_t, ctypes.c_char_p, _SIZE)
-_notify_delete = _declare("fuse_lowlevel_notify_delete", _INT, ctypes.c_void_p, ino_t, ino_t, ctypes.c_char_p, _SIZE)
 
 
 def libfuse_version() -> tuple[int, int]:
@@ -306,7 +304,9 @@ class Session:
                     raise errors.SecretfsError(f"FUSE could not mount {self.mountpoint}")
                 cfg = _loop_cfg_create()
                 _loop_cfg_max_threads(cfg, max_threads)
-                _loop_cfg_idle_threads(cfg, 4)
+                # Workers never exit once started: each keeps its Python thread state (see
+                # _keep_thread_state), which a worker that exits would leak.
+                _loop_cfg_idle_threads(cfg, max_threads)
                 try:
                     return int(_loop_mt(se, cfg))
                 finally:

@@ -170,16 +170,3 @@ def test_readme_exit_code_agrees(cls: type[errors.SecretfsError]) -> None:
 def test_exit_code_constants_are_the_documented_codes() -> None:
     constants = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
     assert sorted(constants.values()) == list(range(8))
-
-
-def test_matches_legacy_adapter_table() -> None:
-    """errno_for gives what fuse_ops.ERRNO gives today (delete this test with ERRNO)."""
-    from secretfs import fuse_ops
-
-    legacy: dict[type[errors.SecretfsError], int] | None = getattr(fuse_ops, "ERRNO", None)
-    if legacy is None:
-        pytest.skip("fuse_ops.ERRNO is gone: delete this test")
-    assert set(legacy) <= set(CLASSES)
-    for cls in CLASSES:
-        expected = next((legacy[c] for c in cls.__mro__ if c in legacy), errno.EIO)
-        assert errors.errno_for(cls("message")) == expected, cls.__name__

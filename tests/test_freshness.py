@@ -16,6 +16,8 @@ import pytest
 from tests.support.bao import BaoServer, vault_env
 from tests.support.mount import Instance, make_instance, mounted, os_read
 
+pytestmark = pytest.mark.mount
+
 TTL = 1.0
 # The refresher runs every TTL and a pass takes one backend read per tracked secret.
 SLACK = 1.5

@@ -12,6 +12,21 @@ a new name is checked for segment bytes, then length, then UTF-8; the kernel's o
 walk, file/directory type, a directory moved into itself) come before secretfs's. A new file's
 EFBIG is checked apart (test_efbig_create_leaves_no_name: an open bug).
 
+Open files (README "The file view", docs/design.md "Open files"): up to MAX_HELD descriptors stay
+open across other rules. Each points to a model `Inode` (one committed version of a file, shared by
+every descriptor opened on it, with the content written through them and not committed yet). A
+path rule that opens the name again shares the inode; `unlink` detaches the name (the inode keeps its
+content for its descriptors, `st_nlink` 0, a later commit stores nothing); `rename` carries the name
+(a commit goes to the new name) and detaches the inode it replaces; a created file is there at once
+and stored at its close; a value changed outside the mount (`secretfs put`) detaches the name from
+the inode its read-only descriptors hold (they keep the value they opened). A commit happens at the
+close of a descriptor that wrote (flush), else at the release of the last write handle. Where README
+is silent the model follows the code: a JSON object is stored in canonical form, and the name then
+leads to a new inode showing that form (the written inode keeps what was written, detached). An
+invariant compares the store itself (read in process) with the model: every name not being written
+holds what the model says. One rule replaces a value atomically (temp file, rename) while another
+thread reads the name in a loop: every read is one whole value, never a mix.
+
 The short run is part of CI (both cache modes). A longer one: `--run-slow`, or set
 SECRETFS_FUZZ_EXAMPLES (and SECRETFS_FUZZ_STEPS). A failure prints the steps and a
 `@reproduce_failure` blob; `pytest --hypothesis-seed=N` replays a whole run.
@@ -19,27 +34,53 @@ SECRETFS_FUZZ_EXAMPLES (and SECRETFS_FUZZ_STEPS). A failure prints the steps and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import stat
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    MultipleResults,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from tests.support.mount import make_instance, mounted
+from secretfs import render
+from secretfs.config import load_settings
+from secretfs.stores.sql import SqlStore
+from secretfs.stores.sql_setup import open_sql_store
+from tests.support.mount import Instance, make_instance, mounted
 
 pytestmark = pytest.mark.mount
 
 MAX_VALUE = 1024 * 1024  # README: values are at most 1 MiB
 MAX_NAME_CHARS = 256  # README: names are at most 256 characters
 MAX_SEGMENT_BYTES = 255
+MAX_HELD = 4  # descriptors held open across rules at once
+FRESHNESS = 5.0  # README: a path leads to a value no older than --cache-ttl (default 5 s)
+STORE_SETTLE = 2.0  # longest the store may lag a close (a commit at release comes just after it)
+HELD_ACCESS = [os.O_RDONLY, os.O_RDWR, os.O_WRONLY | os.O_APPEND]
+# The concurrent rule's values: empty, tiny, around a page, and over a read-ahead window.
+SWAP_SIZES = [0, 1, 100, 4095, 4096, 4097, 20000, 70000]
+SWAP_READ_LIMIT = 0.4  # seconds a concurrent rule's reader may run
+SWAP_MIN_READS = 20
 
 # A small pool, so that operations keep hitting the same names. Short names come up most often.
 SEGMENTS = [
@@ -108,12 +149,57 @@ def errno_name(code: int | None) -> str:
     return "ok" if code is None else errno.errorcode.get(code, str(code))
 
 
+def flag_names(flags: int) -> str:
+    access = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}[flags & os.O_ACCMODE]
+    extra = [n for n in ("O_APPEND", "O_CREAT", "O_TRUNC", "O_EXCL") if flags & getattr(os, n)]
+    return "|".join([access, *extra])
+
+
+def summary(value: object) -> str:
+    """A read's result for a message: an errno's name, or a value's length and ends."""
+    if isinstance(value, int):
+        return errno_name(value)
+    if isinstance(value, bytes) and len(value) > 24:
+        return f"{len(value)} bytes {value[:8]!r}...{value[-8:]!r}"
+    return repr(value)
+
+
+@dataclass(eq=False)
+class Inode:
+    """One inode of a file (docs/design.md "Open files"): what its descriptors read (the committed
+    version, or the content written through any of them and not committed yet) and the name that
+    leads to it (None once unlinked, or replaced by a rename onto the name or a change elsewhere)."""
+
+    content: bytes
+    name: str | None
+    dirty: bool = False  # written or truncated since its last commit
+    created: bool = False  # made by O_CREAT and never committed: stored at its first commit
+    holders: int = 0  # held descriptors on it
+    writers: int = 0  # ... of which the daemon counts as write handles
+
+
+@dataclass(eq=False)
+class Held:
+    """A descriptor kept open across rules."""
+
+    fd: int
+    inode: Inode
+    flags: int
+    writer: bool  # a write handle in the daemon: opened for writing, or by the O_CREAT that made the file
+    wrote: bool = False  # a write came through it: its close commits (flush)
+
+    def __repr__(self) -> str:
+        where = "detached" if self.inode.name is None else repr(self.inode.name)
+        return f"<fd {self.fd} {flag_names(self.flags)} on {where}>"
+
+
 class Model:
     """The tree as README describes it: files by name, and directories kept explicitly."""
 
     def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
+        self.files: dict[str, bytes] = {}  # what a path read shows (an open inode's pending content too)
         self.explicit: set[str] = set()  # made by mkdir, or kept when their last entry went
+        self.inodes: dict[str, Inode] = {}  # the inode a name leads to, for inodes a held descriptor has
 
     def dirs(self) -> set[str]:
         found = set(self.explicit)
@@ -168,13 +254,89 @@ class Model:
         if parent_of(name):
             self.explicit.add(parent_of(name))
 
-    def write(self, name: str, content: bytes) -> None:
+    def write(self, name: str, content: bytes, *, wrote: bool = True, handle: bool = True) -> None:
+        """name's whole content becomes content, through a new open that is closed again (handle), or
+        by truncate(2) (no handle). A held inode of the name is shared: the content is pending on it,
+        and committed now if this open wrote (its close flushes), or the file was created and never
+        committed, or no write handle is left; else at the close of the last held writer."""
+        inode = self.inodes.get(name)
+        if inode is None:
+            self.files[name] = shown(content)
+            self.explicit -= set(ancestors(name))
+            return
+        self.set_content(inode, content)
+        inode.dirty = True
+        if (handle and (wrote or inode.created)) or inode.writers == 0:
+            self.commit(inode)
+
+    def set_content(self, inode: Inode, content: bytes) -> None:
+        """What the inode's descriptors read now (and a path read, while the name leads to it)."""
+        inode.content = content
+        if inode.name is not None:
+            self.files[inode.name] = content
+            self.explicit -= set(ancestors(inode.name))
+
+    def commit(self, inode: Inode) -> None:
+        """Store the inode's content under the name it has now (nothing if it has none). A JSON object
+        is stored and shown in canonical form: the name then leads to a new inode showing that."""
+        if not (inode.dirty or inode.created):
+            return
+        inode.dirty = inode.created = False
+        if inode.name is None:
+            return
+        view = shown(inode.content)
+        if view != inode.content:
+            name = inode.name
+            self.detach(name)
+            self.files[name] = view
+
+    def inode_of(self, name: str) -> Inode:
+        """The inode an open of the existing file name gets: the held one, else its current version."""
+        inode = self.inodes.get(name)
+        if inode is None:
+            inode = self.inodes[name] = Inode(self.files[name], name)
+        return inode
+
+    def detach(self, name: str) -> None:
+        """name no longer leads to the inode held descriptors have (unlinked or replaced)."""
+        inode = self.inodes.pop(name, None)
+        if inode is not None:
+            inode.name = None
+
+    def replace(self, name: str, content: bytes) -> None:
+        """A new value committed for name from elsewhere (another inode renamed onto it, the CLI)."""
+        self.detach(name)
         self.files[name] = shown(content)
         self.explicit -= set(ancestors(name))
 
     def remove_file(self, name: str) -> None:
         del self.files[name]
         self.keep_parent(name)
+        self.detach(name)
+
+    def move_file(self, old: str, new: str) -> None:
+        """rename of a file: the name goes with the inode (a commit goes to the new name); the inode
+        new led to is detached. A created file renamed is stored under the new name at once."""
+        content = self.files.pop(old)
+        self.keep_parent(old)
+        self.detach(new)
+        self.files[new] = content
+        self.explicit -= set(ancestors(new))
+        inode = self.inodes.pop(old, None)
+        if inode is not None:
+            inode.name = new
+            self.inodes[new] = inode
+            if inode.created:
+                self.commit(inode)
+
+    def stored_names(self) -> set[str]:
+        """The names the store holds: every file but the created ones never committed."""
+        return {name for name in self.files if not (name in self.inodes and self.inodes[name].created)}
+
+    def settled(self, name: str) -> bool:
+        """Whether the store holds what a path read shows (nothing pending on the name's inode)."""
+        inode = self.inodes.get(name)
+        return inode is None or not (inode.dirty or inode.created)
 
 
 def overlay(old: bytes, offset: int, data: bytes) -> bytes:
@@ -203,22 +365,55 @@ def outcome(func: Callable[..., Any], *args: Any) -> tuple[int | None, Any]:
         return exc.errno, None
 
 
+def read_whole(path: bytes, chunk: int = 1 << 20) -> bytes:
+    """open, read to EOF (in reads of chunk bytes), close."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while data := os.read(fd, chunk):
+            chunks.append(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def open_store(instance: Instance) -> SqlStore:
+    """The mount's store, opened in this process (what `secretfs put` and `get` use, without the
+    process start)."""
+    return open_sql_store(load_settings(env=instance.env))
+
+
 class MountMachine(RuleBasedStateMachine):
     root: Path  # set on a subclass per mount
+    instance: Instance  # ... with its CLI
+    store: SqlStore  # ... and its store, read and written in this process
+
+    held_fds = Bundle("held_fds")
 
     def __init__(self) -> None:
         super().__init__()
         self.model = Model()
         self.touched: set[str] = set()
+        self.held: list[Held] = []
+        self.swaps = 0
 
     @initialize()
     def reset(self) -> None:
-        """Empty the tree through the mount (deepest entries first)."""
+        """Empty the tree through the mount (deepest entries first). What a failed example may have
+        left in the store where the mount does not show it yet is deleted there (so that the next
+        example, and Hypothesis's replays of the failure, start from nothing)."""
         found_files, found_dirs = self.tree()
         for name in found_files:
             os.unlink(self.path(name))
         for name in sorted(found_dirs, key=lambda n: n.count("/"), reverse=True):
             os.rmdir(self.path(name))
+        left = [meta.name for meta in self.store.list()]
+        for name in left:
+            self.store.delete(name)
+        if left:
+            deadline = time.monotonic() + FRESHNESS + 1
+            while os.listdir(self.root) and time.monotonic() < deadline:
+                time.sleep(0.05)
         assert os.listdir(self.root) == []
 
     # ----- helpers ----------------------------------------------------------------------------
@@ -246,14 +441,25 @@ class MountMachine(RuleBasedStateMachine):
         return files, dirs
 
     def read(self, name: str) -> bytes:
-        fd = os.open(self.path(name), os.O_RDONLY)
-        try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
+        return read_whole(self.path(name))
+
+    def stored(self) -> dict[str, bytes]:
+        """Every secret in the store, as its file shows it."""
+        names = [meta.name for meta in self.store.list()]
+        return {name: render.render(record.value) for name, record in self.store.read_many(names).items()}
+
+    def wait_for_content(self, name: str, content: bytes, timeout: float) -> None:
+        """Read name until it shows content (a change made elsewhere reaches the path within the
+        freshness bound); fail if it does not by then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got, data = outcome(self.read, name)
+            if (got is None and data == content) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert got is None and data == content, (
+            f"{name!r} after {timeout} s: read {summary(got or data)}, expected {summary(content)}"
+        )
 
     def wait_for_size(self, name: str, size: int, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
@@ -307,7 +513,8 @@ class MountMachine(RuleBasedStateMachine):
             return
         write_and_close(fd, content)
         old = model.files.get(name)
-        model.write(name, content if flags & os.O_TRUNC else overlay(old or b"", 0, content))
+        if old is None or content or flags & os.O_TRUNC:  # else nothing changed
+            model.write(name, content if flags & os.O_TRUNC else overlay(old or b"", 0, content), wrote=bool(content))
         if old is not None and flags & os.O_TRUNC and not content:
             # An O_TRUNC open with nothing written commits at release, not at close (fuse_ops
             # _flush_commits: a shell's close after dup2 must not store an empty value). The
@@ -329,7 +536,7 @@ class MountMachine(RuleBasedStateMachine):
         self.touched.add(name)
         write_and_close(os.open(self.path(name), os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), content)
         existed = name in model.files
-        model.write(name, content)
+        model.write(name, content, wrote=bool(content))
         if existed and not content:
             self.wait_for_size(name, 0)  # committed at release (see create)
 
@@ -355,7 +562,8 @@ class MountMachine(RuleBasedStateMachine):
             assert self.read(name) == overlay(old, offset, content), "another descriptor missed the write"
         finally:
             os.close(fd)
-        self.model.write(name, overlay(old, offset, content))
+        if content:  # writing nothing sends nothing
+            self.model.write(name, overlay(old, offset, content))
 
     @rule(data=st.data(), value=st.dictionaries(st.sampled_from(["value", "k", "é", "z"]), st.text(max_size=8)))
     def write_json(self, data: st.DataObject, value: dict[str, str]) -> None:
@@ -378,7 +586,7 @@ class MountMachine(RuleBasedStateMachine):
         got, _ = outcome(os.truncate, self.path(name), length)
         self.expect(f"truncate {name!r}", expected, got)
         if got is None:
-            self.model.write(name, resized(self.model.files[name], length))
+            self.model.write(name, resized(self.model.files[name], length), wrote=False, handle=False)
 
     @rule(data=st.data(), length=lengths, then=st.none() | st.tuples(offsets, contents))
     def ftruncate(self, data: st.DataObject, length: int, then: tuple[int, bytes] | None) -> None:
@@ -387,7 +595,8 @@ class MountMachine(RuleBasedStateMachine):
         fd = self.open_rdwr(name)
         if fd is None:
             return
-        content = resized(self.model.files[name], length)
+        old = self.model.files[name]
+        content = resized(old, length)
         try:
             os.ftruncate(fd, length)
             if then is not None:
@@ -395,7 +604,7 @@ class MountMachine(RuleBasedStateMachine):
                 content = overlay(content, *then)
         finally:
             os.close(fd)
-        self.model.write(name, content)
+        self.model.write(name, content, wrote=length != len(old) or bool(then and then[1]))
 
     @rule(data=st.data(), how=st.sampled_from(["pwrite", "truncate", "ftruncate"]))
     def too_big(self, data: st.DataObject, how: str) -> None:
@@ -486,10 +695,7 @@ class MountMachine(RuleBasedStateMachine):
         if got is not None or old == new:
             return
         if old_kind == "file":
-            content = model.files[old]
-            model.remove_file(old)
-            model.files[new] = content
-            model.explicit -= set(ancestors(new))
+            model.move_file(old, new)
         else:
             model.explicit.discard(old)
             model.keep_parent(old)
@@ -526,6 +732,179 @@ class MountMachine(RuleBasedStateMachine):
         if got is None:
             assert {os.fsdecode(e) for e in entries} == model.children(name), name
 
+    # ----- descriptors held open across rules ------------------------------------------------------
+
+    @precondition(lambda self: len(self.held) < MAX_HELD)
+    @rule(target=held_fds, data=st.data(), access=st.sampled_from(HELD_ACCESS), create=st.booleans())
+    def open_held(self, data: st.DataObject, access: int, create: bool) -> Held | MultipleResults[Held]:
+        """open(O_RDONLY, O_RDWR or O_WRONLY|O_APPEND [|O_CREAT]), kept open: shares the name's inode."""
+        name = self.pick(data, "file")
+        model = self.model
+        kind = model.kind(name)
+        flags = access | (os.O_CREAT if create else 0)
+        expected = model.walk_error(name)
+        if expected is None and kind == "dir" and (create or access != os.O_RDONLY):
+            expected = errno.EISDIR
+        elif expected is None and kind is None:
+            expected = model.name_error(name) if create else model.missing_error(name)
+        got, fd = outcome(os.open, self.path(name), flags, 0o600)
+        self.expect(f"open {name!r} {flag_names(flags)}", expected, got)
+        if fd is None:
+            return multiple()
+        if kind == "dir":  # a directory opens O_RDONLY; the other rules read directories
+            os.close(fd)
+            return multiple()
+        if kind is None:  # created: there at once, empty, stored at its first commit
+            inode = model.inodes[name] = Inode(b"", name, created=True)
+            model.set_content(inode, b"")
+        else:
+            inode = model.inode_of(name)
+        held = Held(fd, inode, flags, writer=access != os.O_RDONLY or kind is None)
+        inode.holders += 1
+        inode.writers += held.writer
+        self.held.append(held)
+        return held
+
+    @rule(held=held_fds)
+    def held_pread(self, held: Held) -> None:
+        """pread of a held descriptor: its inode's content, whatever happened to the name since."""
+        got, data = outcome(os.pread, held.fd, 1 << 20, 0)
+        if held.flags & os.O_ACCMODE == os.O_WRONLY:
+            self.expect(f"pread {held}", errno.EBADF, got)
+            return
+        self.expect(f"pread {held}", None, got)
+        assert data == held.inode.content, f"pread {held}: {summary(data)}, expected {summary(held.inode.content)}"
+
+    @rule(held=held_fds)
+    def held_fstat(self, held: Held) -> None:
+        """fstat of a held descriptor: its inode's size; st_nlink 0 once its name is gone, else 1."""
+        st_ = os.fstat(held.fd)
+        assert stat.S_ISREG(st_.st_mode), held
+        want = (len(held.inode.content), 0 if held.inode.name is None else 1)
+        assert (st_.st_size, st_.st_nlink) == want, f"fstat {held}: (st_size, st_nlink) {st_.st_size, st_.st_nlink}"
+
+    @rule(held=held_fds, offset=offsets, content=contents)
+    def held_pwrite(self, held: Held, offset: int, content: bytes) -> None:
+        """pwrite (write, for O_APPEND) through a held descriptor: pending on the inode, seen by all its
+        descriptors and by a path read while the name leads to it."""
+        inode = held.inode
+        if held.flags & os.O_ACCMODE == os.O_RDONLY:
+            got, _ = outcome(os.pwrite, held.fd, content or b"x", offset)
+            self.expect(f"pwrite {held}", errno.EBADF, got)
+            return
+        if held.flags & os.O_APPEND:
+            got, written = outcome(os.write, held.fd, content)
+            after = inode.content + content
+        else:
+            got, written = outcome(os.pwrite, held.fd, content, offset)
+            after = overlay(inode.content, offset, content)
+        self.expect(f"write {held}", None, got)
+        assert written == len(content), held
+        if content:
+            self.model.set_content(inode, after)
+            inode.dirty = held.wrote = True
+        if inode.name is not None:
+            self.touched.add(inode.name)
+            assert self.read(inode.name) == after, f"a path read of {inode.name!r} missed the write through {held}"
+
+    @rule(held=consumes(held_fds))
+    def held_close(self, held: Held) -> None:
+        """close: commits if this descriptor wrote (or the file is still to be created), or it was the
+        last write handle; to the name the inode has now (nothing once unlinked)."""
+        self.held.remove(held)
+        inode = held.inode
+        got, _ = outcome(os.close, held.fd)
+        self.expect(f"close {held}", None, got)
+        inode.holders -= 1
+        inode.writers -= held.writer
+        if held.writer and (held.wrote or inode.created or inode.writers == 0):
+            self.model.commit(inode)
+        if inode.holders == 0 and inode.name is not None:
+            self.model.inodes.pop(inode.name, None)
+        if inode.name is not None:
+            self.touched.add(inode.name)
+
+    # ----- changes from outside the mount, and concurrent ones --------------------------------------
+
+    @rule(data=st.data(), content=contents, via=st.sampled_from(["store", "store", "store", "cli"]))
+    def put_elsewhere(self, data: st.DataObject, content: bytes, via: str) -> None:
+        """`secretfs put NAME` of an existing file (or the same store write in this process, without the
+        process start): new opens get the new value once the mount notices (within the freshness bound;
+        the SQLite watcher makes it milliseconds); held read-only descriptors keep theirs. (A new name
+        from elsewhere shows in a cached listing only within the freshness bound: not checked here.)"""
+        model = self.model
+        if not model.files:
+            return
+        name = data.draw(st.sampled_from(sorted(model.files)), label="name")
+        self.touched.add(name)
+        inode = model.inodes.get(name)
+        if inode is not None and inode.writers:
+            return  # a file being written here keeps its name: its commit decides (docs/design.md)
+        if via == "cli":
+            self.instance.cli("put", name, input=content)
+        else:
+            self.store.write(name, render.parse(content))
+        model.replace(name, content)
+        self.wait_for_content(name, model.files[name], FRESHNESS + 1)
+
+    @rule(
+        data=st.data(),
+        sizes=st.lists(st.sampled_from(SWAP_SIZES), min_size=1, max_size=4),
+        close_first=st.booleans(),
+    )
+    def replace_while_reading(self, data: st.DataObject, sizes: list[int], close_first: bool) -> None:
+        """A writer replaces name atomically a few times (write a temp file in the same directory,
+        rename it onto the name; closed before the rename, or after it as editors do) while another
+        thread opens, reads and closes the name in a loop: each read is one whole committed value."""
+        name = self.pick(data, "file")
+        model = self.model
+        temp = f"{parent_of(name)}/.swap" if parent_of(name) else ".swap"
+        if model.kind(name) == "dir" or model.walk_error(name) or model.name_error(name) or model.name_error(temp):
+            return
+        if model.kind(temp) is not None:
+            return
+        self.touched.update([name, temp])
+        self.swaps += 1
+        values = [bytes([ord("a") + (self.swaps * 4 + i) % 26]) * size for i, size in enumerate(sizes)]
+        old: bytes | int = model.files.get(name, errno.ENOENT)
+        path, temp_path = self.path(name), self.path(temp)
+        reads: list[bytes | int] = []
+        done = threading.Event()
+
+        def reader() -> None:
+            start = time.monotonic()
+            while time.monotonic() - start < SWAP_READ_LIMIT and (not done.is_set() or len(reads) < SWAP_MIN_READS):
+                try:
+                    reads.append(read_whole(path, 4096))
+                except OSError as exc:
+                    reads.append(exc.errno or 0)
+
+        thread = threading.Thread(target=reader, name="fuzz-reader")
+        thread.start()
+        try:
+            for value in values:
+                fd = os.open(temp_path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+                try:
+                    written = 0
+                    while written < len(value):
+                        written += os.write(fd, value[written:])
+                    if not close_first:
+                        os.rename(temp_path, path)
+                finally:
+                    os.close(fd)
+                if close_first:
+                    os.rename(temp_path, path)
+                time.sleep(0.002)
+        finally:
+            done.set()
+            thread.join(10)
+        model.replace(name, values[-1])
+        allowed = [old, *values]
+        wrong = [summary(r) for r in reads if r not in allowed]
+        assert not wrong, (
+            f"{len(wrong)} of {len(reads)} reads of {name!r} were none of {[summary(a) for a in allowed]}: {wrong[:5]}"
+        )
+
     # ----- checks -----------------------------------------------------------------------------
 
     @invariant()
@@ -548,13 +927,48 @@ class MountMachine(RuleBasedStateMachine):
         assert dirs == self.model.dirs()
         assert files == self.model.files
 
+    @invariant()
+    def store_matches(self) -> None:
+        """The store holds every committed file's value and nothing else (a commit at release comes
+        just after close() returns: allow it a moment)."""
+        model = self.model
+        deadline = time.monotonic() + STORE_SETTLE
+        while True:
+            stored = self.stored()
+            names_ok = set(stored) == model.stored_names()
+            wrong = {n for n in stored if n in model.files and model.settled(n) and stored[n] != model.files[n]}
+            if (names_ok and not wrong) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert set(stored) == model.stored_names(), (
+            f"stored names: extra {sorted(set(stored) - model.stored_names())}, "
+            f"missing {sorted(model.stored_names() - set(stored))}"
+        )
+        assert not wrong, {n: (summary(stored[n]), summary(model.files[n])) for n in sorted(wrong)}
+
+    def teardown(self) -> None:
+        """Close every held descriptor (the mount may be failing already: errors do not matter here)."""
+        for held in self.held:
+            with contextlib.suppress(OSError):
+                os.close(held.fd)
+        self.held.clear()
+
+
+@contextlib.contextmanager
+def machine_store(instance: Instance) -> Iterator[SqlStore]:
+    store = open_store(instance)
+    try:
+        yield store
+    finally:
+        store.close()
+
 
 def run_machine(
     tmp_path: Path, mount_args: tuple[str, ...], examples: int, steps: int, *, derandomize: bool = False
 ) -> None:
     instance = make_instance(tmp_path)
-    with mounted(instance, tmp_path / "mnt", *mount_args) as mnt:
-        machine = type("MountMachine", (MountMachine,), {"root": mnt.path})
+    with mounted(instance, tmp_path / "mnt", *mount_args) as mnt, machine_store(instance) as store:
+        machine = type("MountMachine", (MountMachine,), {"root": mnt.path, "instance": instance, "store": store})
         run_state_machine_as_test(
             machine,
             settings=settings(
