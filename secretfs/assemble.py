@@ -6,7 +6,8 @@ This is the one place that decides, from the mount options, how the parts are wi
 from __future__ import annotations
 
 from secretfs.cache import CachingStore
-from secretfs.coherence import Coherence, FreshnessPolicy
+from secretfs.coherence import Coherence
+from secretfs.freshness import FreshnessPolicy
 from secretfs.fuse_ops import SecretFS
 from secretfs.nodes import Nodes
 from secretfs.stores.base import Store

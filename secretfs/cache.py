@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from secretfs.errors import BackendUnavailable, NotFound
+from secretfs.freshness import DEFAULTS
 from secretfs.lru import BoundedLRU
 from secretfs.stores.base import (
     BulkReader,
@@ -45,8 +46,6 @@ from secretfs.stores.base import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL = 5.0
-DEFAULT_MAX_STALE = 300.0
 DEFAULT_MAX_ENTRIES = 10_000  # decrypted records held; the rest cost a backend read (RSS at 100k secrets)
 NEGATIVE_TTL = 1.0
 PREFETCH_WINDOW = 256  # names read ahead in one query after a miss in a listed directory
@@ -104,8 +103,8 @@ class CachingStore:
         self,
         inner: Store,
         *,
-        ttl: float = DEFAULT_TTL,
-        max_stale: float = DEFAULT_MAX_STALE,
+        ttl: float = DEFAULTS.cache_ttl,
+        max_stale: float = DEFAULTS.max_stale,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         negative_ttl: float = NEGATIVE_TTL,
         clock: Callable[[], float] = time.monotonic,

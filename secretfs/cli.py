@@ -19,6 +19,7 @@ import click
 
 from secretfs import __version__, errors, mounts, render
 from secretfs.config import Settings, load_settings, redact_url
+from secretfs.freshness import DEFAULTS, FreshnessPolicy
 from secretfs.view import ViewOptions
 
 log = logging.getLogger("secretfs")
@@ -117,21 +118,21 @@ def _mode(text: str) -> int:
 @click.option(
     "--cache-mode",
     type=click.Choice(["kernel", "direct"]),
-    default="kernel",
+    default=DEFAULTS.cache_mode,
     show_default=True,
-    help="kernel: contents served from the page cache, invalidated on change; direct: every read reaches the daemon.",
+    help="kernel: contents served from the page cache (one inode per value); direct: every read reaches the daemon.",
 )
 @click.option(
     "--cache-ttl",
     type=click.FloatRange(min=0),
-    default=5.0,
+    default=DEFAULTS.ttl,
     show_default=True,
-    help="Seconds a value is served from memory before it is read again (0: every read).",
+    help="Freshness bound: no path leads to a value older than this many seconds (0: every open reads the store).",
 )
 @click.option(
     "--max-stale",
     type=click.FloatRange(min=0),
-    default=300.0,
+    default=DEFAULTS.max_stale,
     show_default=True,
     help="While the backend is down, serve a value read within this many seconds; then EIO.",
 )
@@ -158,9 +159,7 @@ def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path
             dir_mode=kw["dir_mode"],
         ),
         allow_other=kw["allow_other"],
-        cache_mode=kw["cache_mode"],
-        cache_ttl=kw["cache_ttl"],
-        max_stale=kw["max_stale"],
+        freshness=FreshnessPolicy(cache_mode=kw["cache_mode"], ttl=kw["cache_ttl"], max_stale=kw["max_stale"]),
         debug=kw["debug"],
     )
     if foreground or kw["debug"]:

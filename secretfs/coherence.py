@@ -24,42 +24,17 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from secretfs.cache import CachingStore
 from secretfs.errors import BackendUnavailable, NotFound, SecretfsError
+from secretfs.freshness import FreshnessPolicy
 from secretfs.nodes import Node, Nodes
 from secretfs.view import View
 
 log = logging.getLogger(__name__)
 
-CacheMode = Literal["direct", "kernel"]
-
-KERNEL_TIMEOUT = 3600.0  # attributes of a node never change behind the kernel's back
 FOLLOWUP_DELAY = 0.2  # a watcher event can precede the visible commit: look once more this much later
 WAIT_LIMIT = 2.0  # longest a request waits for its own notifications
-
-
-@dataclass(frozen=True)
-class FreshnessPolicy:
-    """The freshness bound and what follows from it, defined once."""
-
-    cache_mode: CacheMode = "kernel"
-    ttl: float = 5.0  # no path leads to a value older than this
-    max_stale: float = 300.0  # in an outage, serve a value read within this long, then EIO
-
-    @property
-    def cache_ttl(self) -> float:
-        return self.ttl / 2
-
-    @property
-    def entry_timeout(self) -> float:
-        return self.ttl / 2
-
-    @property
-    def attr_timeout(self) -> float:
-        return KERNEL_TIMEOUT
 
 
 class Notifier:

@@ -18,6 +18,7 @@ from secretfs import mounts, notify
 from secretfs.background import ready_pipe_callback
 from secretfs.config import Settings
 from secretfs.errors import ConfigError, SecretfsError
+from secretfs.freshness import DEFAULTS, FreshnessPolicy
 from secretfs.shutdown import Shutdown
 from secretfs.view import ViewOptions
 
@@ -31,9 +32,7 @@ class MountOptions:
     mountpoint: Path
     view: ViewOptions
     allow_other: bool = False
-    cache_mode: str = "kernel"
-    cache_ttl: float = 5.0
-    max_stale: float = 300.0
+    freshness: FreshnessPolicy = DEFAULTS
     debug: bool = False
 
 
@@ -106,7 +105,6 @@ def run_foreground(settings: Settings, options: MountOptions) -> int:
 
     hardening.apply()  # before any secret is read: not dumpable, no core, memory locked if allowed
     from secretfs.assemble import build_operations
-    from secretfs.coherence import FreshnessPolicy
     from secretfs.fusebind import Session
     from secretfs.stores import open_store
 
@@ -126,12 +124,7 @@ def run_foreground(settings: Settings, options: MountOptions) -> int:
         file_mode=options.view.file_mode,
         dir_mode=options.view.dir_mode,
     )
-    policy = FreshnessPolicy(
-        cache_mode=options.cache_mode,  # type: ignore[arg-type]
-        ttl=options.cache_ttl,
-        max_stale=options.max_stale,
-    )
-    operations = build_operations(store, view_options, policy)
+    operations = build_operations(store, view_options, options.freshness)
     stop = threading.Event()
     live = threading.Event()
     threading.Thread(target=_report_ready, args=(mountpoint, callbacks, stop, live), daemon=True).start()

@@ -10,7 +10,7 @@ import pytest
 
 from secretfs import errors
 from secretfs.assemble import build_operations
-from secretfs.coherence import FreshnessPolicy
+from secretfs.freshness import FreshnessPolicy
 from secretfs.fuse_ops import SecretFS
 from secretfs.fusebind import ROOT_INO, FuseError, SetAttr
 from secretfs.stores.memory import MemoryStore

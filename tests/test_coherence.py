@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 
 from secretfs.cache import CachingStore
-from secretfs.coherence import Coherence, FreshnessPolicy
+from secretfs.coherence import Coherence
+from secretfs.freshness import FreshnessPolicy
 from secretfs.nodes import Nodes
 from secretfs.view import View, ViewOptions
 from tests.support.counting import CountingStore
