@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from secretfs import __version__, errors, mounts, render
+from secretfs import __version__, control, errors, mounts, render
 from secretfs.config import Settings, load_settings, redact_url
 from secretfs.freshness import DEFAULTS, FreshnessPolicy
 from secretfs.view import ViewOptions
@@ -311,6 +311,12 @@ def get(settings: Settings, name: str, as_json: bool) -> None:
     out.flush()
 
 
+def _tell_mounts(settings: Settings, names: list[str]) -> None:
+    """Read-your-writes: every live mount of this store on this host serves the change on return."""
+    for warning in control.tell_mounts(control.store_id(settings), names):
+        click.echo(f"secretfs: warning: {warning}", err=True)
+
+
 @main.command()
 @click.argument("name")
 @click.option("--file", "source", type=click.File("rb"), default=None, help="Read the value from this file.")
@@ -328,6 +334,7 @@ def put(settings: Settings, name: str, source: Any) -> None:
         view.store.write(name, render.parse(content))
     finally:
         view.store.close()
+    _tell_mounts(settings, [name])
 
 
 @main.command()
@@ -342,6 +349,7 @@ def rm(settings: Settings, name: str) -> None:
         view.store.delete(name)
     finally:
         view.store.close()
+    _tell_mounts(settings, [name])
 
 
 @main.command()
@@ -359,6 +367,8 @@ def migrate(settings: Settings, as_json: bool) -> None:
         count = prepare_database(engine, crypto.derive_key(resolve_secret(settings)))
     finally:
         engine.dispose()
+    if count:
+        _tell_mounts(settings, [control.ALL])
     if as_json:
         click.echo(json.dumps({"encrypted_rows": count}))
     else:
@@ -393,6 +403,8 @@ def rotate_key(settings: Settings, as_json: bool) -> None:
         result = rotation.rotate_key(engine, current, previous, progress=progress if interactive else None)
     finally:
         engine.dispose()
+    if result.changed:
+        _tell_mounts(settings, [control.ALL])
     if as_json:
         click.echo(json.dumps(result.as_dict(), sort_keys=True))
     elif not result.changed:

@@ -9,8 +9,9 @@ decided here, in two ways:
   node. New content: a new node, and the kernel, seeing a new inode number, drops its old entry.
   `entry_timeout` and the cache TTL are each half the freshness bound (`--cache-ttl`), so no path
   leads to a value older than the bound.
-- On news: a source of change (the SQLite watcher; later other mounts, the CLI, PostgreSQL
-  notifications) calls `poke()`. A background pass re-reads the current file nodes from the store
+- On news: the SQLite watcher calls `poke()`; the CLI and the other mounts of the store on this
+  host call `changed(names)` over the control socket (secretfs.control), and are answered once the
+  kernel dropped what changed. A background pass re-reads the current file nodes from the store
   and retires those whose value changed: their name is detached and the kernel is told to drop the
   entry (fuse_lowlevel_notify_inval_entry), so the next path walk looks it up again.
 
@@ -20,12 +21,14 @@ one sent from a request handler that holds the same directory could deadlock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from secretfs.cache import CachingStore
+from secretfs.control import ALL
 from secretfs.errors import BackendUnavailable, NotFound, SecretfsError
 from secretfs.freshness import FreshnessPolicy
 from secretfs.nodes import Node, Nodes
@@ -85,6 +88,8 @@ class Coherence:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unwatch: Callable[[], None] | None = None
+        # Set by the daemon: tells the other local mounts of the store (secretfs.control).
+        self.publish: Callable[[Sequence[str]], None] | None = None
         self.passes = 0
 
     # ----- lookups ---------------------------------------------------------------------------------
@@ -137,6 +142,30 @@ class Coherence:
             self.notifier.submit(lambda: send(node.ino))
 
     # ----- news from outside -----------------------------------------------------------------------
+
+    def changed(self, names: Sequence[str]) -> None:
+        """These secrets changed elsewhere on this host (the control socket; `ALL`: any may have).
+
+        Returns once the kernel has dropped the entries of those that changed, so the writer that
+        told us knows this mount serves the new state.
+        """
+        if ALL in names:
+            self.cache.invalidate_all()
+            self.check()
+        else:
+            wanted = set(names)
+            snapshot = [(n, n.commits) for n in self.nodes.files() if n.name and self.view.secret_of(n.name) in wanted]
+            self.cache.invalidate(*names)
+            if snapshot:
+                with contextlib.suppress(BackendUnavailable):
+                    self._refetch(sorted(wanted))
+                    self._retire_changed(snapshot)
+        self.notifier.submit(lambda: None, wait=True)
+
+    def wrote(self, *names: str) -> None:
+        """This mount changed these secrets: tell the other mounts of the store on this host."""
+        if self.publish is not None and names:
+            self.publish(names)
 
     def poke(self) -> None:
         """Something outside may have changed the store: check the current nodes soon."""

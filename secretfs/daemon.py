@@ -9,13 +9,15 @@ SIGTERM and SIGINT unmount it (`shutdown`). The parts of one mount are wired in 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from secretfs import mounts, notify
+from secretfs import control, mounts, notify
 from secretfs.background import ready_pipe_callback
+from secretfs.coherence import Coherence
 from secretfs.config import Settings
 from secretfs.errors import ConfigError, SecretfsError
 from secretfs.freshness import DEFAULTS, FreshnessPolicy
@@ -99,6 +101,25 @@ def _report_ready(
             return
 
 
+def _control(settings: Settings, coherence: Coherence) -> control.ControlServer | None:
+    """The mount's control socket, and its link to the other local mounts of the store."""
+    store = control.store_id(settings)
+    pid = os.getpid()
+
+    def publish(names: Sequence[str]) -> None:
+        for warning in control.tell_mounts(store, names, exclude_pid=pid):
+            log.warning("%s", warning)
+
+    coherence.publish = publish
+    try:
+        server = control.ControlServer(store, coherence.changed)
+    except OSError as exc:
+        log.warning("no control socket (%s): other processes' writes reach this mount within --cache-ttl", exc)
+        return None
+    server.start()
+    return server
+
+
 def run_foreground(settings: Settings, options: MountOptions) -> int:
     """Mount and serve until unmounted or signalled; return the exit code."""
     from secretfs import hardening
@@ -136,6 +157,7 @@ def run_foreground(settings: Settings, options: MountOptions) -> int:
     session = Session(operations, str(mountpoint), fuse_options, debug=options.debug)
     operations.coherence.invalidate_entry = session.invalidate_entry
     operations.coherence.invalidate_inode = session.invalidate_inode
+    control = _control(settings, operations.coherence)
     shutdown = Shutdown(mountpoint, live, stop)
     shutdown.install()
     try:
@@ -148,6 +170,8 @@ def run_foreground(settings: Settings, options: MountOptions) -> int:
         shutdown.loop_ended()
         shutdown.restore()
         shutdown.send_stopping(f"unmounted {mountpoint}")
+        if control is not None:
+            control.close()
         store.close()
     if shutdown.lazy:
         log.info("detached %s lazily", mountpoint)

@@ -157,6 +157,7 @@ class OpenFiles:
             node.version, node.pending, node.created = content, None, False
             node.mtime = node.ctime = time.time()
             node.commits += 1
+            self.coherence.wrote(self.view.secret_of(node.name))
             if shown != content:
                 # Stored in canonical form (a JSON object): the name now leads to a node with what
                 # the file shows; this one keeps what its descriptors wrote.
