@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -125,7 +125,9 @@ class CachingStore:
         self._listed: BoundedLRU[str, list[str]] = BoundedLRU(LISTED_DIRS)
         self._bulk: BulkReader | None = bulk_reader(inner)
         self._watcher: Watcher | None = watcher(inner)
-        self.capabilities = Capabilities(watch=self._watcher is not None, health=True)
+        self.capabilities = Capabilities(
+            watch=self._watcher is not None, health=True, atomic_batch=inner.capabilities.atomic_batch
+        )
 
     # ----- the cache proper -------------------------------------------------------------------
 
@@ -298,6 +300,12 @@ class CachingStore:
             self._guard(lambda: self.inner.write(name, value))
         finally:
             self.invalidate(name)
+
+    def write_many(self, items: Mapping[str, Any]) -> None:
+        try:
+            self._guard(lambda: self.inner.write_many(items))
+        finally:
+            self.invalidate(*items)
 
     def delete(self, name: str) -> None:
         try:

@@ -317,24 +317,67 @@ def _tell_mounts(settings: Settings, names: list[str]) -> None:
         click.echo(f"secretfs: warning: {warning}", err=True)
 
 
+def _put_items(items: tuple[str, ...], source: Any, from_dir: Path | None) -> dict[str, bytes]:
+    """The names and contents a `put` stores, from its arguments (see `put`)."""
+    if from_dir is not None:
+        if len(items) > 1 or source is not None:
+            raise click.UsageError("--from-dir takes at most one PREFIX and no --file")
+        prefix = items[0].strip("/") if items else ""
+        found = {}
+        for path in sorted(p for p in from_dir.rglob("*") if p.is_file()):
+            relative = path.relative_to(from_dir).as_posix()
+            found[f"{prefix}/{relative}" if prefix else relative] = path.read_bytes()
+        if not found:
+            raise click.UsageError(f"{from_dir} holds no files")
+        return found
+    if not items:
+        raise click.UsageError("give NAME (value from stdin or --file), NAME=FILE pairs, or --from-dir DIR")
+    if source is not None or (len(items) == 1 and "=" not in items[0]):
+        if len(items) != 1:
+            raise click.UsageError("--file stores one NAME")
+        return {items[0]: source.read() if source is not None else sys.stdin.buffer.read()}
+    pairs = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise click.UsageError(f"{item!r} is not NAME=FILE (a name containing '=' is stored with --file)")
+        try:
+            pairs[name] = Path(file).read_bytes()
+        except OSError as exc:
+            raise click.UsageError(f"cannot read {file}: {exc.strerror}") from None
+    return pairs
+
+
 @main.command()
-@click.argument("name")
-@click.option("--file", "source", type=click.File("rb"), default=None, help="Read the value from this file.")
+@click.argument("items", nargs=-1, metavar="NAME | NAME=FILE... | [PREFIX]")
+@click.option("--file", "source", type=click.File("rb"), default=None, help="Read the one NAME's value from this file.")
+@click.option(
+    "--from-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Store every file under DIR as PREFIX/its/relative/path.",
+)
 @common_options
-def put(settings: Settings, name: str, source: Any) -> None:
-    """Store a secret, read from stdin (or --file) exactly as a file write would store it."""
-    content = source.read() if source is not None else sys.stdin.buffer.read()
-    render.check_new_name(name)
-    if len(content) > render.MAX_VALUE_BYTES:
-        raise errors.ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
+def put(settings: Settings, items: tuple[str, ...], source: Any, from_dir: Path | None) -> None:
+    """Store secrets, each exactly as a file write would store it.
+
+    `put NAME` reads the value from stdin (or --file); `put NAME=FILE...` and `put --from-dir DIR
+    [PREFIX]` store several at once, in one transaction in DB mode (all or none). When put returns,
+    every mount of the store on this host serves all the new values.
+    """
+    contents = _put_items(items, source, from_dir)
+    for name, content in contents.items():
+        render.check_new_name(name)
+        if len(content) > render.MAX_VALUE_BYTES:
+            raise errors.ValueTooLarge(f"{name!r}: values are at most {render.MAX_VALUE_BYTES} bytes")
     view = open_view(settings)
     try:
         if view.options.read_only:
             raise errors.ReadOnly(f"{settings.mode} mode is read-only: secretfs does not write secrets")
-        view.store.write(name, render.parse(content))
+        view.store.write_many({name: render.parse(content) for name, content in contents.items()})
     finally:
         view.store.close()
-    _tell_mounts(settings, [name])
+    _tell_mounts(settings, list(contents))
 
 
 @main.command()

@@ -135,6 +135,12 @@ class StoreContract:
         store.write("large", value)
         assert store.read("large").value == value
 
+    def test_write_many(self, store: Store) -> None:
+        store.write("pair/crt", {"value": "old-crt"})
+        store.write_many({"pair/crt": {"value": "new-crt"}, "pair/key": {"value": "new-key"}})
+        assert store.read("pair/crt").value == {"value": "new-crt"}
+        assert store.read("pair/key").value == {"value": "new-key"}
+
     def test_write_replaces_whole_value(self, store: Store) -> None:
         store.write("s", {"a": "1", "b": "2", "nested": {"c": "3"}})
         store.write("s", {"d": "4"})

@@ -11,7 +11,7 @@ getattr. The store contract (tests/contract.py) checks that each declaration is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast, runtime_checkable
 
@@ -50,6 +50,7 @@ class Capabilities:
     bulk_read: bool = False  # BulkReader: read_many(names), many values in one backend query
     watch: bool = False  # Watcher: watch(on_change), a call when the data may have changed elsewhere
     health: bool = False  # HealthReporter: `health`, whether the backend answers and since when not
+    atomic_batch: bool = False  # write_many is all-or-nothing (one transaction), not one write per name
 
 
 NO_CAPABILITIES = Capabilities()
@@ -84,6 +85,10 @@ class Store(Protocol):
 
     def write(self, name: str, value: Any) -> None:
         """Create or replace the whole value, atomically."""
+        ...
+
+    def write_many(self, items: Mapping[str, Any]) -> None:
+        """Create or replace several values: all or none where `capabilities.atomic_batch`, else in order."""
         ...
 
     def delete(self, name: str) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from secretfs.errors import NotFound, ReadOnly
 from secretfs.stores.base import (
-    NO_CAPABILITIES,
     Capabilities,
     DirListing,
     SecretMeta,
@@ -21,7 +21,7 @@ from secretfs.stores.base import (
 class MemoryStore:
     """Secrets in a dict, guarded by a lock; values are deep-copied in and out."""
 
-    capabilities: Capabilities = NO_CAPABILITIES  # a subclass adding an optional protocol declares it
+    capabilities: Capabilities = Capabilities(atomic_batch=True)  # a subclass adding a protocol declares it
 
     def __init__(self, *, read_only: bool = False) -> None:
         self.read_only = read_only
@@ -54,12 +54,16 @@ class MemoryStore:
         return SecretMeta(record.name, record.updated_at, record.created_at)
 
     def write(self, name: str, value: Any) -> None:
+        self.write_many({name: value})
+
+    def write_many(self, items: Mapping[str, Any]) -> None:
         self._require_writable()
         now = time.time()
         with self._lock:
-            old = self._data.get(name)
-            created = old.created_at if old else now
-            self._data[name] = SecretRecord(name, copy.deepcopy(value), now, created)
+            for name, value in items.items():
+                old = self._data.get(name)
+                created = old.created_at if old else now
+                self._data[name] = SecretRecord(name, copy.deepcopy(value), now, created)
 
     def delete(self, name: str) -> None:
         self._require_writable()

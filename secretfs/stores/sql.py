@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -254,7 +254,7 @@ class SqlStore:
         self.engine = engine
         self.read_only = read_only
         self._key = key
-        self.capabilities = Capabilities(bulk_read=True, watch=sqlite_file(engine) is not None)
+        self.capabilities = Capabilities(bulk_read=True, watch=sqlite_file(engine) is not None, atomic_batch=True)
         # No LIMIT: a foreign database may hold a name twice, with timestamps in mixed text formats
         # that SQL cannot order (SQLite); the newest row is picked by its parsed time in Python.
         self._read_stmt = sa.select(T.updated_at, T.created_at, T.secret).where(T.name == sa.bindparam("name"), VISIBLE)
@@ -354,17 +354,24 @@ class SqlStore:
         return SecretMeta(name, updated, created)
 
     def write(self, name: str, value: Any) -> None:
+        self.write_many({name: value})
+
+    def write_many(self, items: Mapping[str, Any]) -> None:
+        """Create or replace every item in one transaction: all or none."""
         self._require_writable()
-        envelope = crypto.encrypt(self._key, value)
+        envelopes = {name: crypto.encrypt(self._key, value) for name, value in items.items()}
+        what = ", ".join(repr(name) for name in envelopes)
         for _attempt in range(3):
             try:
-                with backend_errors(f"writing {name!r}"), self.engine.begin() as conn:
-                    self._upsert(conn, name, envelope, time.time())
+                with backend_errors(f"writing {what}"), self.engine.begin() as conn:
+                    now = time.time()
+                    for name, envelope in envelopes.items():
+                        self._upsert(conn, name, envelope, now)
                 return
             except sa.exc.IntegrityError:
                 # A concurrent writer inserted the same name first: retry as an update.
                 continue
-        raise AccessDenied(f"cannot write {name!r}: the name is held by a row secretfs does not manage")
+        raise AccessDenied(f"cannot write {what}: a name is held by a row secretfs does not manage")
 
     def _upsert(self, conn: Connection, name: str, envelope: dict[str, str], now: float) -> None:
         updated = conn.execute(

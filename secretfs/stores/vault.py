@@ -12,7 +12,7 @@ import copy
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -169,6 +169,11 @@ class VaultStore:
         return SecretMeta(name, parse_time(version.get("created_time")), created)
 
     # ----- writing --------------------------------------------------------------------------------
+
+    def write_many(self, items: Mapping[str, Any]) -> None:
+        """One KV write per secret, in order: Vault has no transaction across paths."""
+        for name, value in items.items():
+            self.write(name, value)
 
     def write(self, name: str, value: Any) -> None:
         self._require_writable()
