@@ -319,7 +319,7 @@ class CachingStore:
         finally:
             self.invalidate(old, new)
 
-    def watch(self, on_change: Callable[[], None]) -> Callable[[], None] | None:
+    def watch(self, on_change: Callable[[Sequence[str] | None], None]) -> Callable[[], None] | None:
         """The inner store's change watching, where it declares one (a stop function), else None."""
         return self._watcher.watch(on_change) if self._watcher is not None else None
 

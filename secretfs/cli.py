@@ -418,6 +418,37 @@ def migrate(settings: Settings, as_json: bool) -> None:
         click.echo(f"encrypted {count} plaintext row(s)" if count else "no plaintext rows; nothing to do")
 
 
+@main.command(name="pg-trigger")
+@click.argument("action", type=click.Choice(["install", "remove", "status"]))
+@common_options
+def pg_trigger(settings: Settings, action: str) -> None:
+    """Install (or remove) the trigger that makes every write to the `secret` table notify mounts.
+
+    secretfs's own writes always notify; with the trigger, writes by other programs (Archestra,
+    plain SQL) reach every mount on every host within a fraction of a second too. PostgreSQL only;
+    never installed unless asked.
+    """
+    from secretfs.stores import pg_notify
+    from secretfs.stores.sql import backend_errors
+    from secretfs.stores.sql_setup import open_engine
+
+    if settings.mode != "DB":
+        raise errors.ConfigError("pg-trigger works on the DB store; the mode in force is " + settings.mode)
+    engine = open_engine(settings)
+    try:
+        if engine.dialect.name != "postgresql":
+            raise errors.ConfigError("pg-trigger needs PostgreSQL (SQLite changes are seen through its file)")
+        with backend_errors(f"changing the notify trigger ({action})"):
+            if action == "install":
+                pg_notify.install_trigger(engine)
+            elif action == "remove":
+                pg_notify.remove_trigger(engine)
+            installed = pg_notify.trigger_installed(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"notify trigger: {'installed' if installed else 'not installed'}")
+
+
 @main.command(name="rotate-key")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (counts).")
 @common_options

@@ -162,6 +162,13 @@ class Coherence:
                     self._retire_changed(snapshot)
         self.notifier.submit(lambda: None, wait=True)
 
+    def _store_changed(self, names: Sequence[str] | None) -> None:
+        """The store's own change report: names (PostgreSQL notifications), or None (SQLite watcher)."""
+        if names is None:
+            self.poke()
+        else:
+            self.changed(names)
+
     def wrote(self, *names: str) -> None:
         """This mount changed these secrets: tell the other mounts of the store on this host."""
         if self.publish is not None and names:
@@ -241,7 +248,7 @@ class Coherence:
         self.notifier.start()
         self._thread = threading.Thread(target=self._run, name="secretfs-coherence", daemon=True)
         self._thread.start()
-        self._unwatch = self.cache.watch(self.poke)
+        self._unwatch = self.cache.watch(self._store_changed)
 
     def stop(self) -> None:
         self._stop.set()

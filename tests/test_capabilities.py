@@ -16,7 +16,7 @@ class UndeclaredStore(MemoryStore):
     def read_many(self, names: Sequence[str]) -> dict[str, SecretRecord]:
         raise AssertionError("an undeclared bulk read was used")
 
-    def watch(self, on_change: Callable[[], None]) -> Callable[[], None] | None:
+    def watch(self, on_change: Callable[[Sequence[str] | None], None]) -> Callable[[], None] | None:
         raise AssertionError("an undeclared watch was used")
 
 
@@ -25,10 +25,10 @@ class WatchingStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.listeners: list[Callable[[], None]] = []
+        self.listeners: list[Callable[[Sequence[str] | None], None]] = []
         self.stopped = 0
 
-    def watch(self, on_change: Callable[[], None]) -> Callable[[], None] | None:
+    def watch(self, on_change: Callable[[Sequence[str] | None], None]) -> Callable[[], None] | None:
         self.listeners.append(on_change)
 
         def stop() -> None:
@@ -61,7 +61,7 @@ def test_cache_ignores_what_is_not_declared() -> None:
     assert not cache.can_fetch_many and not cache.capabilities.watch
     cache.list_dir("d")
     assert cache.read("d/f0").value == {"value": "0"}  # no read-ahead: a plain read
-    assert cache.watch(lambda: None) is None
+    assert cache.watch(lambda names: None) is None
 
 
 def test_cache_passes_a_declared_watch_through() -> None:
@@ -69,9 +69,9 @@ def test_cache_passes_a_declared_watch_through() -> None:
     cache = CachingStore(store)
     assert cache.capabilities.watch and watcher(cache) is not None
     calls: list[int] = []
-    stop = cache.watch(lambda: calls.append(1))
+    stop = cache.watch(lambda names: calls.append(1))
     assert stop is not None
-    store.listeners[0]()
+    store.listeners[0](None)
     assert calls == [1]
     stop()
     assert store.stopped == 1

@@ -125,10 +125,11 @@ class BulkReader(Protocol):
 class Watcher(Protocol):
     """Declared by Capabilities.watch."""
 
-    def watch(self, on_change: Callable[[], None]) -> Callable[[], None] | None:
+    def watch(self, on_change: Callable[[Sequence[str] | None], None]) -> Callable[[], None] | None:
         """Call on_change (from any thread) whenever the data may have changed, by another process
-        or mount in particular (its own writes may be reported too, and a spurious call is harmless);
-        returns a function that stops watching, or None when there is nothing to watch."""
+        or mount in particular, with the names that changed, or None when it cannot tell which (its
+        own writes may be reported too, and a spurious call is harmless); returns a function that
+        stops watching, or None when there is nothing to watch."""
         ...
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 
 from secretfs import crypto
 from secretfs.errors import AccessDenied, BackendUnavailable, IntegrityError, NotFound, ReadOnly
+from secretfs.stores import pg_notify
 from secretfs.stores.base import Capabilities, DirListing, SecretMeta, SecretRecord, listing_from_names
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,11 @@ class SqlStore:
         self.engine = engine
         self.read_only = read_only
         self._key = key
-        self.capabilities = Capabilities(bulk_read=True, watch=sqlite_file(engine) is not None, atomic_batch=True)
+        self.capabilities = Capabilities(
+            bulk_read=True,
+            watch=sqlite_file(engine) is not None or engine.dialect.name == "postgresql",
+            atomic_batch=True,
+        )
         # No LIMIT: a foreign database may hold a name twice, with timestamps in mixed text formats
         # that SQL cannot order (SQLite); the newest row is picked by its parsed time in Python.
         self._read_stmt = sa.select(T.updated_at, T.created_at, T.secret).where(T.name == sa.bindparam("name"), VISIBLE)
@@ -367,6 +372,7 @@ class SqlStore:
                     now = time.time()
                     for name, envelope in envelopes.items():
                         self._upsert(conn, name, envelope, now)
+                    self._notify(conn, list(envelopes))
                 return
             except sa.exc.IntegrityError:
                 # A concurrent writer inserted the same name first: retry as an update.
@@ -393,6 +399,7 @@ class SqlStore:
         self._require_writable()
         with backend_errors(f"deleting {name!r}"), self.engine.begin() as conn:
             deleted = conn.execute(sa.delete(secret_table).where(T.name == name, VISIBLE)).rowcount
+            self._notify(conn, [name])
         if deleted == 0:
             raise NotFound(f"no secret named {name!r}")
 
@@ -410,6 +417,7 @@ class SqlStore:
                 conn.execute(
                     sa.update(secret_table).where(T.name == old, VISIBLE).values(name=new, updated_at=time.time())
                 )
+                self._notify(conn, [old, new])
         except sa.exc.IntegrityError:
             raise AccessDenied(
                 f"cannot rename to {new!r}: the name is held by a row secretfs does not manage"
@@ -437,16 +445,25 @@ class SqlStore:
             "secrets": len(self.list()),
             "duplicate_names": self.duplicate_names(),
             "hidden_vault_rows": self.hidden_vault_rows(),
+            **({"notify_trigger": pg_notify.trigger_installed(self.engine)} if self.backend == "postgresql" else {}),
         }
 
-    def watch(self, on_change: Callable[[], None]) -> Callable[[], None] | None:
-        """Call on_change when another process may have written (SQLite files only); a stop function."""
-        db_file = sqlite_file(self.engine)
-        if db_file is None:
-            return None
-        from secretfs.stores.sqlite_watch import watch_file
+    def _notify(self, conn: Connection, names: Sequence[str]) -> None:
+        """PostgreSQL: notify every listening mount of these names when this transaction commits."""
+        if self.backend == "postgresql":
+            pg_notify.notify(conn, names)
 
-        return watch_file(db_file, on_change)
+    def watch(self, on_change: Callable[[Sequence[str] | None], None]) -> Callable[[], None] | None:
+        """Report changes by other processes: the SQLite file watcher (names unknown: None), or
+        PostgreSQL notifications (the names); a stop function, or None for other databases."""
+        db_file = sqlite_file(self.engine)
+        if db_file is not None:
+            from secretfs.stores.sqlite_watch import watch_file
+
+            return watch_file(db_file, lambda: on_change(None))
+        if self.backend == "postgresql":
+            return pg_notify.Listener(self.engine, on_change).stop
+        return None
 
     def close(self) -> None:
         if self._fast is not None:
