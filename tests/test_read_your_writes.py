@@ -105,3 +105,12 @@ def test_write_through_one_mount_is_read_through_another(instance: Instance, tmp
         with pytest.raises(OSError) as gone:
             os_read(b.path / "made")
         assert gone.value.errno == errno.ENOENT
+
+
+@pytest.mark.server
+def test_openbao_offers_no_kv_change_events(bao_server: BaoServer) -> None:
+    """Why Vault mounts on other hosts rely on the TTL: the OpenBao server has no event stream for
+    KV writes (Vault's sys/events/subscribe). Should a version add it, this fails: then use it."""
+    response = bao_server.api("GET", "sys/events/subscribe/kv-v2/data-write?json=true")
+    assert response.status_code == 404, response.status_code
+    assert "unsupported path" in response.text
