@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -47,6 +48,7 @@ BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
 VALUE = "s" * 64  # the 64-byte secret
 TTL = 5.0  # secretfs's default --cache-ttl
+SECRET = "ARCHESTRA_SECRETS_ENCRYPTION_SECRET"
 SECRETFS = [sys.executable, "-m", "secretfs"]
 
 
@@ -88,6 +90,9 @@ class Results:
     threads: dict[str, dict[int, float]] = field(default_factory=dict)  # label -> {threads: ops/s}
     write: dict[str, float] = field(default_factory=dict)
     fresh: dict[str, list[float]] = field(default_factory=dict)  # label -> seconds per round
+    # g: label -> (stale first reads, or None where the write is not awaited; rounds; seconds per
+    # round until the new value was read)
+    propagation: dict[str, tuple[int | None, int, list[float]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -548,6 +553,92 @@ def bench_fresh(root: Path, counts: Counts, backends: list[Backend], results: Re
             log(f"fresh {label}: {seen}")
 
 
+# ----- g. propagation: read-your-writes on one host, push between hosts -----------------------------
+
+
+def elsewhere(instance: Instance, root: Path, label: str) -> Instance:
+    """The same store seen from "another host": its own data and runtime directories."""
+    data = root / f"host-{label}"
+    env = {**instance.env, "SECRETFS_DATA_DIR": str(data), "SECRETFS_RUNTIME_DIR": str(root / f"run-{label}")}
+    return dataclasses.replace(instance, data_dir=data, env=env)
+
+
+def put_then_read(writer: Instance, path: Path, name: str, rounds: int) -> tuple[int | None, int, list[float]]:
+    """`put`, then read at once and until the value shows: (stale first reads, rounds, lags)."""
+    stale, lags = 0, []
+    for i in range(rounds):
+        value = f"round-{i}-" + "x" * (i % 7) * 600
+        writer.cli("put", name, input=value.encode())
+        returned = time.time()
+        if read_bytes(path) != value.encode():
+            stale += 1
+        seen = wait_for(path, value.encode(), TTL * 3)
+        lags.append(float("inf") if seen is None else max(0.0, seen - returned))
+    return stale, rounds, lags
+
+
+def plain_sql_writer(url: str, secret: str) -> Callable[[str, str], None]:
+    import psycopg
+    import sqlalchemy as sa
+
+    from secretfs import crypto
+
+    key = crypto.derive_key(secret)
+    conninfo = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def write(name: str, value: str) -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE secret SET secret = %s::jsonb, updated_at = now() WHERE name = %s",
+                (json.dumps(crypto.encrypt(key, {"value": value})), name),
+            )
+
+    return write
+
+
+def bench_propagation(root: Path, counts: Counts, backends: list[Backend], results: Results) -> None:
+    rounds = max(5, counts.fresh_rounds * 10)
+    for backend in backends:
+        name = "bench/propagate"
+        backend.put(name, "start")
+        with mounted(backend.instance, root / "mnt-prop", "--cache-ttl", str(TTL)) as m:
+            path = m.path / name
+            warm_up(path)
+            results.propagation[f"{backend.label}: put, then read (this host)"] = put_then_read(
+                backend.instance, path, name, rounds
+            )
+            if backend.kind == "pg":
+                # Host B: its own data and runtime directories; a write on host A reaches it by NOTIFY.
+                results.propagation["PostgreSQL: put on host A, read on host B"] = put_then_read(
+                    elsewhere(backend.instance, root, "a"), path, name, rounds
+                )
+                write = plain_sql_writer(backend.instance.env["ARCHESTRA_DATABASE_URL"], backend.instance.env[SECRET])
+                backend.instance.cli("pg-trigger", "install")
+                lags = []
+                for i in range(rounds):
+                    value = f"plain-{i}"
+                    write(name, value)
+                    changed = time.time()
+                    seen = wait_for(path, value.encode(), TTL * 3)
+                    lags.append(float("inf") if seen is None else max(0.0, seen - changed))
+                results.propagation["PostgreSQL: plain SQL on host A (trigger), read on host B"] = (None, rounds, lags)
+                backend.instance.cli("pg-trigger", "remove")
+        log(f"g {backend.label}: {[(k, v[0], max(v[2])) for k, v in results.propagation.items()]}")
+    # The TTL path, for comparison: a mount on "another host" that nothing tells (Vault has no change
+    # events): a change shows when the entry and the cached value expire.
+    for backend in backends:
+        if backend.kind != "vault":
+            continue
+        name = "bench/propagate-ttl"
+        backend.put(name, "start")
+        with mounted(elsewhere(backend.instance, root, "b"), root / "mnt-ttl", "--cache-ttl", str(TTL)) as m:
+            path = m.path / name
+            warm_up(path)
+            results.propagation["Vault: put on host A, read on host B (the TTL path)"] = put_then_read(
+                backend.instance, path, name, max(3, counts.fresh_rounds * 2)
+            )
+
+
 AGENT_CONFIG = """
 pid_file = "{dir}/agent.pid"
 vault {{
@@ -744,6 +835,18 @@ def render_report(results: Results, counts: Counts, mode: str, agent: tuple[floa
         if agent is not None:
             shown = fmt(agent[0], 3) if agent[0] is not None else f"not within {agent[1]:.0f} s"
             out(f"| OpenBao Agent, template, default settings | {shown} | {shown} | 1.00x |")
+    if results.propagation:
+        out("")
+        out(
+            "**g. Propagation** (kernel mode, TTL "
+            f"{TTL:g} s: stale first reads right after `put` returned, and seconds until the new value was read)"
+        )
+        out("")
+        out("| path | stale first reads | median s | max s |")
+        out("|---|---:|---:|---:|")
+        for label, (stale, rounds, lags) in results.propagation.items():
+            shown = "n/a (not awaited)" if stale is None else f"{stale} of {rounds}"
+            out(f"| {label} | {shown} | {fmt(statistics.median(lags), 3)} | {fmt(max(lags), 3)} |")
     out("")
     out("**Targets**")
     out("")
@@ -794,6 +897,12 @@ def render_report(results: Results, counts: Counts, mode: str, agent: tuple[floa
     for label, limit in (("SQLite direct", 1.0), ("SQLite kernel", TTL), ("Vault kernel", TTL), ("Vault direct", TTL)):
         if label in results.fresh:
             target(f"freshness, {label}: ≤ {limit:g} s", limit, max(results.fresh[label]), "s")
+    for label, (stale, _, lags) in results.propagation.items():
+        if stale is not None and "(this host)" in label:
+            target(f"{label}: 0 stale reads", 0.0, float(stale), "reads")
+        elif "host B" in label and "TTL path" not in label:
+            target(f"{label}: median ≤ 0.3 s", 0.3, statistics.median(lags), "s")
+            target(f"{label}: max ≤ 1 s", 1.0, max(lags), "s")
     for note in results.notes:
         out("")
         out(note)
@@ -819,7 +928,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller counts; scale to 10k; short agent wait")
     size.add_argument("--smoke", action="store_true", help="seconds: SQLite only, tiny counts (the test suite's mode)")
-    parser.add_argument("--sections", default="abcdef", help="which sections to run (default: abcdef)")
+    parser.add_argument("--sections", default="abcdefg", help="which sections to run (default: abcdefg)")
     parser.add_argument("--scale", default="", help="comma-separated secret counts for section c")
     parser.add_argument("--stores", default="", help="comma-separated: sqlite,pg,vault (default: all; smoke: sqlite)")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/performance.md")
@@ -865,15 +974,14 @@ def main(argv: list[str] | None = None) -> int:
         if "a" in sections or "d" in sections:
             log("a/d: warm reads and concurrency")
             bench_warm(root, client, counts, backends, results, with_threads="d" in sections)
+        pg: Backend | None = None
+        if "pg" in stores and ("b" in sections or "g" in sections):
+            from tests.support.pg import postgres_server
+
+            pg = pg_backend(root, stack.enter_context(postgres_server()))
         if "b" in sections:
             log("b: cold reads")
-            cold = list(backends)
-            if "pg" in stores:
-                from tests.support.pg import postgres_server
-
-                server = stack.enter_context(postgres_server())
-                cold.insert(1, pg_backend(root, server))
-            bench_cold(root, client, counts, cold, results)
+            bench_cold(root, client, counts, backends[:1] + ([pg] if pg else []) + backends[1:], results)
         if "c" in sections:
             log("c: scale")
             bench_scale(root, counts, results)
@@ -885,6 +993,9 @@ def main(argv: list[str] | None = None) -> int:
             bench_fresh(root, counts, backends, results)
             if agent is not None:
                 agent_result = agent.result(counts.agent_wait)
+        if "g" in sections:
+            log("g: propagation")
+            bench_propagation(root, counts, backends[:1] + ([pg] if pg else []) + backends[1:], results)
     report = render_report(results, counts, mode, agent_result)
     print(report)
     if not args.no_doc:
