@@ -41,15 +41,16 @@ WAIT_LIMIT = 2.0  # longest a request waits for its own notifications
 
 
 class Notifier:
-    """A queue of kernel notifications and the thread that sends them."""
+    """A queue of jobs and the one thread that runs them in order (kernel notifications; publishing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "secretfs-notifier") -> None:
+        self._name = name
         self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="secretfs-notifier", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
     def submit(self, job: Callable[[], object], *, wait: bool = False) -> None:
@@ -81,6 +82,7 @@ class Coherence:
         self.nodes = nodes
         self.policy = policy
         self.notifier = Notifier()
+        self.publisher = Notifier("secretfs-publisher")  # background publishing to the other local mounts
         # Set once the session runs: (parent ino, name) -> drop that entry; ino -> drop attrs/pages.
         self.invalidate_entry: Callable[[int, str], int] | None = None
         self.invalidate_inode: Callable[[int], int] | None = None
@@ -169,10 +171,20 @@ class Coherence:
         else:
             self.changed(names)
 
-    def wrote(self, *names: str) -> None:
-        """This mount changed these secrets: tell the other mounts of the store on this host."""
-        if self.publish is not None and names:
-            self.publish(names)
+    def wrote(self, *names: str, wait: bool = True) -> None:
+        """This mount changed these secrets: tell the other mounts of the store on this host.
+
+        With `wait`, return once they answered (read-your-writes across local mounts); a request
+        that holds a directory lock in the kernel publishes in the background instead, since two
+        mounts waiting on each other's locked directories would stall until the answer limit.
+        """
+        publish = self.publish
+        if publish is None or not names:
+            return
+        if wait:
+            publish(names)
+        else:
+            self.publisher.submit(lambda: publish(names))
 
     def poke(self) -> None:
         """Something outside may have changed the store: check the current nodes soon."""
@@ -246,6 +258,7 @@ class Coherence:
 
     def start(self) -> None:
         self.notifier.start()
+        self.publisher.start()
         self._thread = threading.Thread(target=self._run, name="secretfs-coherence", daemon=True)
         self._thread.start()
         self._unwatch = self.cache.watch(self._store_changed)
@@ -258,3 +271,4 @@ class Coherence:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.notifier.stop()
+        self.publisher.stop()

@@ -136,39 +136,53 @@ class OpenFiles:
         if handle.node.writers == 0:
             self.commit(handle.node)  # what no flush committed (see _flush_commits)
 
-    def commit(self, node: Node) -> None:
-        """Store a node's pending content under its name (flush, fsync, release, rename of a new file)."""
+    def commit(self, node: Node, *, wait: bool = True) -> None:
+        """Store a node's pending content under its name (flush, fsync, release, rename of a new file).
+
+        With `wait` (flush, fsync, release: the kernel holds no lock for them) the kernel and the
+        other local mounts are settled before it returns; a request that holds a directory lock in
+        the kernel (rename) must not wait, or the notification it waits for could wait for it. No
+        wait happens under the node's lock (docs/design.md, "Lock order").
+        """
+        try:
+            retire = self._store(node)
+        except (errors.SecretfsError, FuseError):
+            self._forget_failed(node, wait=wait)
+            raise
+        if retire is None:
+            return
+        name, canonical = retire
+        self.coherence.wrote(self.view.secret_of(name), wait=wait)
+        if canonical:
+            # Stored in canonical form (a JSON object): the name now leads to a node with what the
+            # file shows; this one keeps what its descriptors wrote.
+            self.coherence.retire(node, wait=wait)
+
+    def _store(self, node: Node) -> tuple[str, bool] | None:
+        """The store write, under the node's lock: (name, shown in another form) when stored."""
         with node.lock:
             if node.failed:
                 code, node.failed = node.failed, 0
-                self._drop_pending(node)
                 raise FuseError(code)
             if not node.dirty:
-                return
+                return None
             if node.name is None:  # unlinked: nothing is stored, open descriptors keep what they wrote
                 node.version, node.pending, node.created = bytes(node.content), None, False
-                return
+                return None
             content = bytes(node.content)
-            try:
-                shown = self.view.write_file(node.name, content)
-            except errors.SecretfsError:
-                self._drop_pending(node)
-                raise
+            shown = self.view.write_file(node.name, content)
             node.version, node.pending, node.created = content, None, False
             node.mtime = node.ctime = time.time()
             node.commits += 1
-            self.coherence.wrote(self.view.secret_of(node.name))
-            if shown != content:
-                # Stored in canonical form (a JSON object): the name now leads to a node with what
-                # the file shows; this one keeps what its descriptors wrote.
-                self.coherence.retire(node, wait=True)
+            return node.name, shown != content
 
-    def _drop_pending(self, node: Node) -> None:
+    def _forget_failed(self, node: Node, *, wait: bool) -> None:
         """A failed commit: the old value stays, and the kernel forgets what it cached of the writes."""
-        node.pending = None
-        name = node.name
-        if node.created and name is not None:
+        with node.lock:
+            node.pending = None
+            name = node.name if node.created else None
             node.created = False
+        if name is not None:
             self.nodes.detach(name)
-            self.coherence.drop_entry(name, wait=True)  # gone before close() returns
+            self.coherence.drop_entry(name, wait=wait)  # gone before close() returns
         self.coherence.drop_pages(node)
