@@ -146,7 +146,7 @@ def stored_rows(db: Path) -> dict[str, Any]:
 
 
 def expected_file(value: dict[str, Any]) -> bytes:
-    """What a file shows, written out from DESIGN §3 (not by calling secretfs.render)."""
+    """What a file shows, written out from README "The file view" (not by calling secretfs.render)."""
     if set(value) == {"value"} and isinstance(value["value"], str):
         return value["value"].encode()
     if set(value) == {"value", "encoding"} and value["encoding"] == "base64":

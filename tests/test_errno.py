@@ -1,4 +1,4 @@
-"""Each row of the errno table (DESIGN §3), provoked for real through a mount."""
+"""Each row of the errno table (README "The file view"), provoked for real through a mount."""
 
 from __future__ import annotations
 

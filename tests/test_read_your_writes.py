@@ -76,6 +76,21 @@ def test_sqlite(instance: Instance, tmp_path: Path) -> None:
     check_store(instance, tmp_path, ROUNDS)
 
 
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.parametrize("store", ["sqlite", "postgresql", "vault"])
+def test_hundred_rounds(tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
+    """The issue's count: 100 put-then-read rounds per store, in each cache mode (--run-slow)."""
+    if store == "sqlite":
+        instance = make_instance(tmp_path)
+    elif store == "postgresql":
+        instance = make_instance(tmp_path, ARCHESTRA_DATABASE_URL=request.getfixturevalue("pg_url"))
+    else:
+        bao = request.getfixturevalue("bao_server")
+        instance = make_instance(tmp_path, **vault_env(bao, f"secret/data/ryw-{uuid.uuid4().hex[:8]}"))
+    check_store(instance, tmp_path, 100)
+
+
 @pytest.mark.server
 def test_postgresql(tmp_path: Path, pg_url: str) -> None:
     check_store(make_instance(tmp_path, ARCHESTRA_DATABASE_URL=pg_url), tmp_path, ROUNDS)

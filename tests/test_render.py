@@ -1,4 +1,4 @@
-"""File contents <-> secret values (DESIGN §3 rules 1-3 and the write rules), and name validity.
+"""File contents <-> secret values (README "The file view": rules 1-3 and the write rules), and name validity.
 
 Expected bytes are written out by hand here, not produced by secretfs.render.
 """
