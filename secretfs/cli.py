@@ -9,16 +9,27 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from secretfs import __version__, control, errors, mounts, render
-from secretfs.config import Settings, load_settings, redact_url
+from secretfs.config import (
+    Settings,
+    check_data_dir,
+    create_key_file,
+    load_settings,
+    make_private_dir,
+    read_key_file,
+    redact_url,
+    sqlite_path,
+)
 from secretfs.freshness import DEFAULTS, FreshnessPolicy
 from secretfs.view import ViewOptions
 
@@ -32,6 +43,43 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="secretfs: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
     # The FUSE binding logs call arguments at debug level; keep it quiet.
     logging.getLogger("mfusepy").setLevel(logging.WARNING)
+
+
+class OctalMode(click.ParamType[int]):
+    """An octal permission mode: bits within 07777 only (no file-type bits)."""
+
+    name = "octal mode"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            mode = value
+        else:
+            try:
+                mode = int(str(value), 8)
+            except ValueError:
+                self.fail(f"{value!r} is not an octal mode like 0600", param, ctx)
+        if not 0 <= mode <= 0o7777:
+            self.fail(f"{value!r} is not a permission mode: only the bits of 07777 are allowed", param, ctx)
+        return mode
+
+
+class Seconds(click.ParamType[float]):
+    """A finite number of seconds, 0 or more (no inf, no nan)."""
+
+    name = "seconds"
+
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0 or (self.positive and seconds == 0):
+            bound = "above 0" if self.positive else "0 or more"
+            self.fail(f"{value!r} is not a finite number of seconds, {bound}", param, ctx)
+        return seconds
 
 
 def common_options(func: F) -> F:
@@ -48,7 +96,7 @@ def common_options(func: F) -> F:
     @click.option("--strict", is_flag=True, help="Refuse to fall back to DB when a Vault variable is missing.")
     @click.option(
         "--timeout",
-        type=float,
+        type=Seconds(positive=True),
         default=None,
         help="Backend request timeout in seconds (default 5).",
     )
@@ -74,6 +122,9 @@ def common_options(func: F) -> F:
             )
             if settings.fallback_reason:
                 log.warning("falling back to DB mode: %s", settings.fallback_reason)
+            if settings.mode == "DB":
+                sqlite_path(settings.database_url)  # a URL that cannot be parsed is a configuration error
+            check_data_dir(settings)
             return func(settings, **kwargs)
         except errors.SecretfsError as exc:
             click.echo(f"secretfs: error: {exc}", err=True)
@@ -82,22 +133,109 @@ def common_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _database_holds_data(settings: Settings) -> bool:
+    """Whether the configured database already holds a secret row or a key canary (reads only;
+    an SQLite file that does not exist is not created)."""
+    import sqlalchemy as sa
+
+    from secretfs.stores.sql import backend_errors, make_engine, meta_table, secret_table
+    from secretfs.stores.sql_setup import CANARY_KEY
+
+    db_file = sqlite_path(settings.database_url)
+    if db_file is not None and not db_file.exists():
+        return False
+    engine = make_engine(settings.database_url, timeout=settings.timeout)
+    try:
+        with backend_errors("opening the database"), engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            if (
+                meta_table.name in tables
+                and conn.execute(sa.select(meta_table.c.key).where(meta_table.c.key == CANARY_KEY)).first()
+            ):
+                return True
+            return (
+                secret_table.name in tables and conn.execute(sa.select(secret_table.c.id).limit(1)).first() is not None
+            )
+    finally:
+        engine.dispose()
+
+
+def with_key(settings: Settings, *, generate: bool) -> Settings:
+    """DB mode: the settings with the encryption secret resolved (configured, or the key file).
+
+    A key is generated (generate=True) only for a database that holds no secrets and no key canary:
+    for any other, a missing key is a configuration error and nothing is written. With
+    generate=False (status, ls, get) nothing is ever written, and the secret may stay None for a
+    database that is empty or does not exist yet. Commands that write also get their directories
+    made 0700, whatever the umask.
+    """
+    if settings.mode != "DB":
+        return settings
+    if settings.encryption_secret is None:
+        secret = read_key_file(settings)
+        if secret is None:
+            if _database_holds_data(settings):
+                raise errors.ConfigError(
+                    f"no encryption secret is configured and {settings.key_file} does not exist, but the "
+                    f"database {redact_url(settings.database_url)} already holds secrets: set "
+                    "ARCHESTRA_SECRETS_ENCRYPTION_SECRET to the secret it was written with (no key was generated)"
+                )
+            if not generate:
+                return settings
+            secret = create_key_file(settings)
+        settings = replace(settings, encryption_secret=secret)
+    if generate:
+        db_file = sqlite_path(settings.database_url)
+        if db_file is not None:
+            make_private_dir(db_file.parent)
+    return settings
+
+
+def _nothing_stored(settings: Settings) -> bool:
+    """A DB-mode database that does not exist yet, or has no key because it is empty: reading it
+    must not create it (or a key)."""
+    if settings.mode != "DB":
+        return False
+    db_file = sqlite_path(settings.database_url)
+    return settings.encryption_secret is None or (db_file is not None and not db_file.exists())
+
+
 def open_view(settings: Settings, *, read_only: bool = False) -> Any:
     from secretfs.stores import open_store
     from secretfs.view import View
 
     read_only = read_only or settings.read_only_mode
+    settings = with_key(settings, generate=not read_only)
     return View(open_store(settings, read_only=read_only), ViewOptions(read_only=read_only))
+
+
+def check_name(name: str) -> str:
+    """A name from the command line: argv that is not UTF-8 is refused with one line."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidName(f"{ascii_name(name)} is not valid UTF-8; secret names are UTF-8 text") from None
+    return name
+
+
+def ascii_name(name: str) -> str:
+    """A name as a quoted, escaped string (bytes that are not UTF-8 as \\xNN)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    return json.dumps(raw.decode("utf-8", "backslashreplace"))
+
+
+def display_name(name: str) -> str:
+    """A name printed unambiguously on one line: as it is when it is plain printable text, else as a
+    JSON string (names with a control character, a backslash or a leading double quote)."""
+    if name.isprintable() and "\\" not in name and not name.startswith('"'):
+        return name
+    return json.dumps(name, ensure_ascii=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="secretfs")
 def main() -> None:
     """secretfs: secrets as files, decrypted or fetched at read time."""
-
-
-def _mode(text: str) -> int:
-    return int(text, 8)
 
 
 @main.command()
@@ -110,11 +248,11 @@ def _mode(text: str) -> int:
 @click.option("--gid", type=int, default=-1, help="Group of files (default: the mounting group).")
 @click.option(
     "--file-mode",
-    type=_mode,
+    type=OctalMode(),
     default=None,
     help="Octal file mode (default 0600, or 0400 read-only).",
 )
-@click.option("--dir-mode", type=_mode, default=None, help="Octal directory mode (default 0700, or 0500).")
+@click.option("--dir-mode", type=OctalMode(), default=None, help="Octal directory mode (default 0700, or 0500).")
 @click.option(
     "--cache-mode",
     type=click.Choice(["kernel", "direct"]),
@@ -124,14 +262,14 @@ def _mode(text: str) -> int:
 )
 @click.option(
     "--cache-ttl",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=DEFAULTS.ttl,
     show_default=True,
     help="Freshness bound: no path leads to a value older than this many seconds (0: every open reads the store).",
 )
 @click.option(
     "--max-stale",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=DEFAULTS.max_stale,
     show_default=True,
     help="While the backend is down, serve a value read within this many seconds; then EIO.",
@@ -147,6 +285,13 @@ def _mode(text: str) -> int:
 def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path | None, **kw: Any) -> None:
     """Mount the secrets at MOUNTPOINT; returns once the mount is live unless -f."""
     from secretfs import background, daemon
+
+    if (kw["uid"] >= 0 or kw["gid"] >= 0) and not kw["allow_other"]:
+        log.warning(
+            "--uid/--gid without --allow-other: only the mounting user can enter the mount, "
+            "whoever the files say owns them"
+        )
+    settings = with_key(settings, generate=True)
 
     options = daemon.MountOptions(
         mountpoint=mountpoint,
@@ -166,6 +311,7 @@ def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path
         sys.exit(daemon.run_foreground(settings, options))
     daemon.check_mountpoint(mountpoint.absolute())
     log_path = log_file or settings.data_dir / "secretfs.log"
+    make_private_dir(log_path.parent)
     sys.exit(background.start_background(sys.argv[1:], mountpoint, log_path))
 
 
@@ -179,9 +325,20 @@ def umount(mountpoint: Path, lazy: bool) -> None:
         sys.exit(errors.EXIT_NOT_FOUND)
     result = mounts.unmount(mountpoint, lazy=lazy)
     if result.returncode != 0:
-        click.echo(f"secretfs: error: could not unmount {mountpoint}: {result.stderr.strip()}", err=True)
-        click.echo("secretfs: hint: close files under it, or use --lazy", err=True)
+        reason = _unmount_reason(result.stderr)
+        click.echo(
+            f"secretfs: error: could not unmount {mountpoint}: {reason} (close files under it, or use --lazy)",
+            err=True,
+        )
         sys.exit(errors.EXIT_ERROR)
+
+
+def _unmount_reason(stderr: str) -> str:
+    """fusermount3's reason, without its prefix ("Device or resource busy"), or a probe's."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if lines:
+        return lines[-1].rpartition(": ")[2] or lines[-1]
+    return "fusermount3 gave no reason"
 
 
 def _status(settings: Settings, mountpoint: Path | None) -> tuple[dict[str, Any], int]:
@@ -198,12 +355,18 @@ def _status(settings: Settings, mountpoint: Path | None) -> tuple[dict[str, Any]
         report["database"] = redact_url(settings.database_url)
         report["encryption_secret_source"] = settings.encryption_secret_source
     code = errors.EXIT_OK
+    store = None
     try:
-        store = open_store(settings, read_only=True)
+        # status writes nothing: no key, no database file, no table.
+        settings = with_key(settings, generate=False)
+        if _nothing_stored(settings):
+            report["backend"] = {"healthy": True, "secrets": 0, "note": "nothing stored yet"}
+        else:
+            store = open_store(settings, read_only=True)
     except errors.SecretfsError as exc:
         report["backend"] = {"healthy": False, "error": str(exc)}
         code = errors.exit_code_for(exc)
-    else:
+    if store is not None:
         try:
             from secretfs.view import View
 
@@ -277,17 +440,25 @@ def status(settings: Settings, mountpoint: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @common_options
 def list_secrets(settings: Settings, prefix: str, as_json: bool) -> None:
-    """List secret names (optionally those starting with PREFIX)."""
-    view = open_view(settings, read_only=True)
-    try:
-        metas = [m for m in view.store.list(prefix) if render.is_valid_name(m.name)]
-    finally:
-        view.store.close()
+    """List secret names (optionally those starting with PREFIX).
+
+    A name that is not plain printable text (a newline, a control character, a backslash, a leading
+    double quote) is printed as a JSON string; --json gives every name exactly.
+    """
+    check_name(prefix)
+    settings = with_key(settings, generate=False)
+    metas = []
+    if not _nothing_stored(settings):
+        view = open_view(settings, read_only=True)
+        try:
+            metas = [m for m in view.store.list(prefix) if render.is_valid_name(m.name)]
+        finally:
+            view.store.close()
     if as_json:
         click.echo(json.dumps([{"name": m.name, "updated_at": m.updated_at} for m in metas], indent=2))
     else:
         for meta in metas:
-            click.echo(meta.name)
+            click.echo(display_name(meta.name))
 
 
 @main.command()
@@ -301,6 +472,10 @@ def list_secrets(settings: Settings, prefix: str, as_json: bool) -> None:
 @common_options
 def get(settings: Settings, name: str, as_json: bool) -> None:
     """Print a secret as its file shows it (or its JSON value with --json)."""
+    check_name(name)
+    settings = with_key(settings, generate=False)
+    if _nothing_stored(settings):
+        raise errors.NotFound(f"no secret named {display_name(name)}")
     view = open_view(settings, read_only=True)
     try:
         record = view.store.read(name)
@@ -367,6 +542,7 @@ def put(settings: Settings, items: tuple[str, ...], source: Any, from_dir: Path 
     """
     contents = _put_items(items, source, from_dir)
     for name, content in contents.items():
+        check_name(name)
         render.check_new_name(name)
         if len(content) > render.MAX_VALUE_BYTES:
             raise errors.ValueTooLarge(f"{name!r}: values are at most {render.MAX_VALUE_BYTES} bytes")
@@ -385,6 +561,7 @@ def put(settings: Settings, items: tuple[str, ...], source: Any, from_dir: Path 
 @common_options
 def rm(settings: Settings, name: str) -> None:
     """Delete a secret."""
+    check_name(name)
     view = open_view(settings)
     try:
         if view.options.read_only:
@@ -405,6 +582,7 @@ def migrate(settings: Settings, as_json: bool) -> None:
 
     if settings.mode != "DB":
         raise errors.ConfigError("migrate works on the DB store; the mode in force is " + settings.mode)
+    settings = with_key(settings, generate=True)
     engine = open_engine(settings)
     try:
         count = prepare_database(engine, crypto.derive_key(resolve_secret(settings)))
@@ -463,6 +641,7 @@ def rotate_key(settings: Settings, as_json: bool) -> None:
 
     if settings.mode != "DB":
         raise errors.ConfigError("rotate-key works on the DB store; the mode in force is " + settings.mode)
+    settings = with_key(settings, generate=True)
     current = crypto.derive_key(resolve_secret(settings))
     previous = crypto.derive_key(settings.previous_secret) if settings.previous_secret else None
     if previous is None:

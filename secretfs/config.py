@@ -7,7 +7,12 @@ carries a secret is also read from ``NAME_FILE`` (a path, the Docker convention)
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import secrets
+import stat
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +32,14 @@ ENV_ACCEPT_NEW_KEY = "ARCHESTRA_SECRETS_ACCEPT_NEW_ENCRYPTION_KEY"
 ENV_DATABASE_URL = "ARCHESTRA_DATABASE_URL"
 ENV_LICENSE = "ARCHESTRA_ENTERPRISE_LICENSE_ACTIVATED"
 ENV_DATA_DIR = "SECRETFS_DATA_DIR"
+ENV_ALLOW_UNSAFE_DATA_DIR = "SECRETFS_ALLOW_UNSAFE_DATA_DIR"
 VAULT_PREFIX = "ARCHESTRA_HASHICORP_VAULT_"
 
 DEFAULT_K8S_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 KEY_FILE_NAME = "encryption.secret"
 DEFAULT_TIMEOUT = 5.0
+
+log = logging.getLogger("secretfs")
 
 
 class Secret(str):
@@ -125,6 +133,8 @@ class Settings:
     @property
     def read_only_mode(self) -> bool:
         return self.mode == "READONLY_VAULT"
+
+    allow_unsafe_data_dir: bool = False
 
     @property
     def key_file(self) -> Path:
@@ -226,7 +236,7 @@ def load_settings(
     """Build the Settings from the environment, with command-line overrides on top."""
     env = os.environ if env is None else env
     requested = parse_mode(mode if mode is not None else env.get(ENV_MANAGER))
-    timeout = float(timeout if timeout is not None else env.get("SECRETFS_TIMEOUT") or DEFAULT_TIMEOUT)
+    timeout = parse_timeout(timeout if timeout is not None else env.get("SECRETFS_TIMEOUT") or DEFAULT_TIMEOUT)
     directory = Path(data_dir) if data_dir else default_data_dir(env)
 
     vault: VaultSettings | None = None
@@ -263,7 +273,37 @@ def load_settings(
         vault=vault,
         timeout=timeout,
         missing=tuple(missing),
+        allow_unsafe_data_dir=_truthy(env.get(ENV_ALLOW_UNSAFE_DATA_DIR)),
     )
+
+
+def parse_timeout(value: str | float) -> float:
+    """A timeout in seconds: a finite number above 0 (SECRETFS_TIMEOUT, --timeout)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"SECRETFS_TIMEOUT={value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"the timeout must be a finite number of seconds above 0, not {value!r}")
+    return seconds
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite database URL (None for other databases and :memory:); a URL that
+    cannot be parsed (a bad port, an unknown form) is a configuration error."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            f"invalid {ENV_DATABASE_URL} {redact_url(url)}: not a URL like sqlite:////path/db or "
+            "postgresql+psycopg://user:pw@host:5432/db (is the port a number?)"
+        ) from None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
 
 
 def redact_url(url: str) -> str:
@@ -274,3 +314,108 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable database URL>"
+
+
+# ----- the data directory and the key file (the rules ssh applies to ~/.ssh and its keys) ----------
+
+
+def make_private_dir(path: Path) -> None:
+    """Create path and every missing parent with mode 0700, whatever the umask."""
+    missing: list[Path] = []
+    current = Path(os.path.abspath(path))
+    while not os.path.lexists(current) and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot create the directory {directory}: {exc.strerror}") from None
+        os.chmod(directory, 0o700)  # the umask can only have removed bits
+
+
+def check_private_path(path: Path, *, what: str, secret: bool, allow_unsafe: bool) -> bool:
+    """Refuse a path that another user could have swapped or changed: one not owned by this user,
+    writable by group or others, or (secret=True, a key file) readable by them. Return whether it exists.
+
+    allow_unsafe (SECRETFS_ALLOW_UNSAFE_DATA_DIR=1) turns the refusal into a warning.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigError(f"cannot inspect the {what} {path}: {exc.strerror}") from None
+    problems = []
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        problems.append(f"owned by uid {st.st_uid}, not by uid {euid}")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        problems.append("writable by group or others")
+    if secret and mode & 0o044:
+        problems.append("readable by group or others")
+    if not problems:
+        return True
+    message = (
+        f"unsafe {what} {path} (mode {mode:04o}: {', '.join(problems)}); another user could have planted or "
+        f"read it. Fix it (chown, chmod {'600' if secret else '700'}), or set {ENV_ALLOW_UNSAFE_DATA_DIR}=1 "
+        "to use it anyway"
+    )
+    if not allow_unsafe:
+        raise ConfigError(message)
+    log.warning("%s: using it because %s is set", message.partition("; ")[0], ENV_ALLOW_UNSAFE_DATA_DIR)
+    return True
+
+
+def check_data_dir(settings: Settings) -> None:
+    """Refuse an unsafe data directory (when it exists; nothing is created here)."""
+    check_private_path(
+        settings.data_dir, what="data directory", secret=False, allow_unsafe=settings.allow_unsafe_data_dir
+    )
+
+
+def read_key_file(settings: Settings) -> Secret | None:
+    """The generated secret in DATA_DIR/encryption.secret, checked as ssh checks a private key; None if absent."""
+    path = settings.key_file
+    if not check_private_path(path, what="key file", secret=True, allow_unsafe=settings.allow_unsafe_data_dir):
+        return None
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the key file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not text:
+        raise ConfigError(f"the key file {path} is empty; remove it, or set {ENV_SECRET}")
+    return Secret(text)
+
+
+def create_key_file(settings: Settings) -> Secret:
+    """Generate the secret into DATA_DIR/encryption.secret (0600, in a 0700 directory), with a notice.
+
+    Only for a database that holds no secrets and no key canary (the caller checks): a key made for
+    a database written under another key would only hide the real problem.
+    """
+    path = settings.key_file
+    make_private_dir(path.parent)
+    check_data_dir(settings)
+    generated = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        existing = read_key_file(settings)  # another process generated it first
+        if existing is None:
+            raise ConfigError(f"the key file {path} appeared and vanished; try again") from None
+        return existing
+    except OSError as exc:
+        raise ConfigError(f"cannot create the key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(generated + "\n")
+    print(
+        f"secretfs: no encryption secret was configured, so a new one was generated in {path} "
+        f"(mode 0600). Back it up: without it the database cannot be decrypted. Set {ENV_SECRET} to use your own.",
+        file=sys.stderr,
+    )
+    return Secret(generated)

@@ -164,8 +164,8 @@ def wait_until_live(mountpoint: str | Path, timeout: float, *, alive: object = N
 
 
 def unmount(mountpoint: str | Path, *, lazy: bool = False) -> subprocess.CompletedProcess[str]:
-    """fusermount3 -u (and -z when lazy)."""
-    args = ["fusermount3", "-u", "-q"]
+    """fusermount3 -u (and -z when lazy); on failure its stderr names the reason ("Device or resource busy")."""
+    args = ["fusermount3", "-u"]
     if lazy:
         args.append("-z")
     return subprocess.run([*args, "--", os.path.abspath(mountpoint)], capture_output=True, text=True, check=False)

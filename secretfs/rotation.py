@@ -3,8 +3,10 @@
 One transaction, idempotent: rows already under the current key are left as they are, so a second
 run changes nothing. The database is checked with reads only before anything is written (its key
 canary must decrypt under the current or the previous key), and a row that decrypts under neither
-aborts the whole rotation with nothing changed. The key canary is refreshed in the same transaction.
-Errors name rows by their secret name, never by value.
+aborts the whole rotation with nothing changed. A row whose stored value is not a JSON object is
+left as it is, named in one log line and counted (bad_rows): it does not stop the others. The key
+canary is refreshed in the same transaction. On SQLite the WAL is then checkpointed and truncated,
+so no old value stays in it. Errors name rows by their secret name, never by value.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from sqlalchemy.engine import Connection, Engine
 
 from secretfs import crypto
 from secretfs.errors import IntegrityError, KeyMismatch
-from secretfs.stores.sql import VISIBLE, backend_errors, meta_table, metadata, secret_table
+from secretfs.stores.sql import (
+    RAW_SECRET,
+    VISIBLE,
+    backend_errors,
+    checkpoint_wal,
+    load_stored,
+    meta_table,
+    metadata,
+    secret_table,
+)
 from secretfs.stores.sql_setup import CANARY_VALUE, read_canary, write_canary
 
 log = logging.getLogger(__name__)
@@ -39,13 +50,17 @@ class RotationResult:
     already_current: int  # left alone: already under the current key
     plaintext_encrypted: int  # plaintext rows, encrypted under the current key
     canary_refreshed: bool
+    bad_rows: int = 0  # left alone: the stored value is not a JSON object
 
     @property
     def changed(self) -> bool:
         return bool(self.reencrypted or self.plaintext_encrypted or self.canary_refreshed)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "changed": self.changed}
+        fields = asdict(self)
+        if not self.bad_rows:
+            del fields["bad_rows"]  # named only when there are some (the shape callers know)
+        return {**fields, "changed": self.changed}
 
 
 def _decrypts(key: bytes, envelope: Any) -> bool:
@@ -102,14 +117,22 @@ class _Row:
 def _plan(
     rows: list[_Row], current: bytes, previous: bytes | None, tick: Callable[[int], None]
 ) -> Iterator[tuple[str, str, Any]]:
-    """Yield (kind, row id, new envelope) for each row; raise IntegrityError on the first bad row."""
+    """Yield (kind, row id, new envelope) for each row; raise IntegrityError on the first row that
+    decrypts under neither key. A row that is not a JSON object is "bad", logged, left alone."""
     for row in rows:
-        if not crypto.is_encrypted(row.secret):
-            yield "plaintext", row.row_id, crypto.encrypt(current, row.secret)
-        elif _decrypts(current, row.secret):
+        try:
+            stored = load_stored(row.secret)
+        except IntegrityError as exc:
+            log.error("secret %r is left as it is (not rotated): %s", row.name, exc)
+            yield "bad", row.row_id, None
+            tick(1)
+            continue
+        if not crypto.is_encrypted(stored):
+            yield "plaintext", row.row_id, crypto.encrypt(current, stored)
+        elif _decrypts(current, stored):
             yield "current", row.row_id, None
-        elif previous is not None and _decrypts(previous, row.secret):
-            yield "previous", row.row_id, crypto.encrypt(current, crypto.decrypt(previous, row.secret))
+        elif previous is not None and _decrypts(previous, stored):
+            yield "previous", row.row_id, crypto.encrypt(current, crypto.decrypt(previous, stored))
         else:
             raise IntegrityError(
                 f"secret {row.name!r} decrypts under neither the current nor the previous encryption secret; "
@@ -132,7 +155,7 @@ def rotate_key(
             "the database's key canary decrypts under neither the current encryption secret nor "
             "ARCHESTRA_SECRETS_ENCRYPTION_SECRET_PREVIOUS; nothing was changed"
         )
-    counts = {"plaintext": 0, "current": 0, "previous": 0}
+    counts = {"plaintext": 0, "current": 0, "previous": 0, "bad": 0}
     with backend_errors("rotating the encryption key"), engine.begin() as conn:
         tables = set(sa.inspect(conn).get_table_names())
         if secret_table.name not in tables:
@@ -141,7 +164,7 @@ def rotate_key(
             if engine.dialect.name == "postgresql":
                 # Writers wait until the rotation commits; readers go on.
                 conn.exec_driver_sql("LOCK TABLE secret IN EXCLUSIVE MODE")
-            selected = conn.execute(sa.select(T.id, T.name, T.secret).where(VISIBLE).order_by(T.name)).all()
+            selected = conn.execute(sa.select(T.id, T.name, RAW_SECRET).where(VISIBLE).order_by(T.name)).all()
             rows = [_Row(str(r[0]), r[1], r[2]) for r in selected]
         updates: list[dict[str, Any]] = []
         with progress(len(rows)) if progress is not None and rows else _NoProgress() as bar:
@@ -166,8 +189,11 @@ def rotate_key(
         already_current=counts["current"],
         plaintext_encrypted=counts["plaintext"],
         canary_refreshed=refresh,
+        bad_rows=counts["bad"],
     )
     if result.changed:
+        with backend_errors("checkpointing the database"):
+            checkpoint_wal(engine)
         log.info(
             "key rotation: %d row(s) re-encrypted, %d already current, %d plaintext encrypted",
             result.reencrypted,

@@ -60,7 +60,8 @@ class Db:
         """name -> the JSON values stored in its rows (as Python objects)."""
         out: dict[str, list[Any]] = {}
         for name, value in self.query("SELECT name, secret FROM secret ORDER BY name"):
-            out.setdefault(name, []).append(json.loads(value) if isinstance(value, str) else value)
+            # SQLite hands back JSON text; PostgreSQL's driver decodes jsonb itself (a JSON string too).
+            out.setdefault(name, []).append(json.loads(value) if self.kind == "sqlite" else value)
         return out
 
     def snapshot(self) -> Any:

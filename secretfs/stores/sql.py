@@ -102,6 +102,85 @@ meta_table = sa.Table(
 
 VISIBLE = secret_table.c.is_vault.isnot(True)
 T = secret_table.c
+# The `secret` column as text, parsed by load_stored (the JSON type would raise on a malformed row).
+RAW_SECRET = sa.cast(T.secret, sa.Text)
+
+
+def valid_name(name: Any) -> bool:
+    """True for a name that is text in valid UTF-8 (other rows are hidden and counted)."""
+    if not isinstance(name, str):
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def load_stored(raw: Any) -> Any:
+    """The stored JSON object from the raw `secret` column; IntegrityError for a malformed one.
+
+    The reason never quotes the stored content. On SQLite the text may carry surrogate escapes
+    (invalid UTF-8, see _decode_text); the JSON type's own parsing is bypassed (RAW_SECRET).
+    """
+    if isinstance(raw, bytes | bytearray | memoryview):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise IntegrityError("its stored value is not UTF-8 text") from None
+    if isinstance(raw, dict):  # a driver that parses JSON itself
+        return raw
+    if not isinstance(raw, str):
+        raise IntegrityError(f"its stored value is not JSON text ({type(raw).__name__})")
+    if not valid_name(raw):
+        raise IntegrityError("its stored value is not UTF-8 text")
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise IntegrityError("its stored value is not JSON") from None
+    if not isinstance(value, dict):
+        raise IntegrityError(f"its stored value is a JSON {_json_kind(value)}, not an object")
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+def _decode_text(data: bytes) -> str:
+    """SQLite text as str; invalid UTF-8 (written by another program) kept as surrogate escapes."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+# SQL that is 1 for a row whose value is surely a v1 envelope (crypto.is_encrypted: an object whose
+# "__encrypted" is a string starting "v1:"), else 0. Only rows where it is 0 need to come back to
+# Python, which applies load_stored and crypto.is_encrypted itself; so the SQL may return too many
+# rows, never too few. CASE branches are evaluated in order (json_type would fail on malformed
+# JSON). On SQLite, an object with more keys than "__encrypted" (or with it twice, where SQLite and
+# Python would pick different values) is left to Python.
+SURELY_ENCRYPTED = {
+    "sqlite": """CASE
+        WHEN typeof(secret) != 'text' THEN 0
+        WHEN NOT json_valid(secret) THEN 0
+        WHEN json_type(secret) != 'object' THEN 0
+        WHEN json_type(secret, '$.__encrypted') IS NOT 'text' THEN 0
+        WHEN substr(json_extract(secret, '$.__encrypted'), 1, 3) != 'v1:' THEN 0
+        WHEN json_remove(secret, '$.__encrypted') != '{}' THEN 0
+        ELSE 1 END""",
+    "postgresql": """CASE
+        WHEN jsonb_typeof(CAST(secret AS jsonb)) != 'object' THEN 0
+        WHEN jsonb_typeof(CAST(secret AS jsonb) -> '__encrypted') IS DISTINCT FROM 'string' THEN 0
+        WHEN left(CAST(secret AS jsonb) ->> '__encrypted', 3) = 'v1:' THEN 1
+        ELSE 0 END""",
+}
 
 
 # SQLite engines made by make_engine, with their timeout: SqlStore reads them on a raw connection.
@@ -109,6 +188,9 @@ _SQLITE_TIMEOUTS: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDict
 
 
 def _sqlite_pragmas(cursor: Any, timeout: float) -> None:
+    # Invalid UTF-8 in a TEXT column would make the driver fail the whole query: decode it
+    # tolerantly, then hide (names) or refuse (values) what is not valid text.
+    cursor.connection.text_factory = _decode_text
     cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     cursor.execute("PRAGMA synchronous=FULL")
     # Overwritten and deleted content is zeroed, so plaintext rows encrypted at startup (and
@@ -174,8 +256,10 @@ class _SqliteReader:
     sees the latest committed state. Used for read() and read_many() on SQLite files only.
     """
 
-    READ = "SELECT updated_at, created_at, secret FROM secret WHERE name = ? AND is_vault IS NOT 1"
-    READ_MANY = "SELECT name, updated_at, created_at, secret FROM secret WHERE name IN ({}) AND is_vault IS NOT 1"
+    READ = "SELECT updated_at, created_at, CAST(secret AS TEXT) FROM secret WHERE name = ? AND is_vault IS NOT 1"
+    READ_MANY = (
+        "SELECT name, updated_at, created_at, CAST(secret AS TEXT) FROM secret WHERE name IN ({}) AND is_vault IS NOT 1"
+    )
 
     def __init__(self, path: str, timeout: float) -> None:
         self.path = path
@@ -233,8 +317,29 @@ def _sqlite_errors(what: str) -> Iterator[None]:
 
 
 def _parse_row(updated: Any, created: Any, stored: Any) -> tuple[float, float, Any]:
-    """A raw SQLite row as the engine's column types would give it (epoch times, parsed JSON)."""
-    return to_epoch(updated), to_epoch(created), None if stored is None else json.loads(stored)
+    """A raw SQLite row as the engine's column types would give it (epoch times; the raw value)."""
+    return to_epoch(updated), to_epoch(created), stored
+
+
+def checkpoint_wal(engine: Engine) -> None:
+    """SQLite: copy the WAL into the database and truncate it, so no overwritten plaintext (or old
+    ciphertext) stays in the -wal file. A no-op elsewhere; a busy database is logged, not fatal."""
+    db_file = sqlite_file(engine)
+    if db_file is None:
+        return
+    timeout = _SQLITE_TIMEOUTS.get(engine, 5.0)
+    try:
+        # A connection of its own: a pooled one may hold an unfinished statement (SQLITE_LOCKED).
+        conn = sqlite3.connect(db_file, timeout=timeout, isolation_level=None)
+        try:
+            result = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("could not checkpoint the SQLite WAL (%s): old values may remain in it", type(exc).__name__)
+        return
+    if result is not None and result[0]:
+        log.warning("could not truncate the SQLite WAL (the database is busy): old values may remain in it")
 
 
 def sqlite_file(engine: Engine) -> Path | None:
@@ -262,10 +367,12 @@ class SqlStore:
         )
         # No LIMIT: a foreign database may hold a name twice, with timestamps in mixed text formats
         # that SQL cannot order (SQLite); the newest row is picked by its parsed time in Python.
-        self._read_stmt = sa.select(T.updated_at, T.created_at, T.secret).where(T.name == sa.bindparam("name"), VISIBLE)
+        self._read_stmt = sa.select(T.updated_at, T.created_at, RAW_SECRET).where(
+            T.name == sa.bindparam("name"), VISIBLE
+        )
         self._stat_stmt = sa.select(T.updated_at, T.created_at).where(T.name == sa.bindparam("name"), VISIBLE)
         self._fast = _SqliteReader.for_engine(engine)
-        self._read_many_stmt = sa.select(T.name, T.updated_at, T.created_at, T.secret).where(
+        self._read_many_stmt = sa.select(T.name, T.updated_at, T.created_at, RAW_SECRET).where(
             T.name.in_(sa.bindparam("names", expanding=True)), VISIBLE
         )
 
@@ -285,6 +392,8 @@ class SqlStore:
             rows = conn.execute(stmt).all()
         newest: dict[str, SecretMeta] = {}
         for name, updated, created in rows:
+            if not valid_name(name):
+                continue  # hidden, counted by info()
             known = newest.get(name)
             if known is None or updated > known.updated_at:
                 newest[name] = SecretMeta(name, updated, created)
@@ -295,7 +404,7 @@ class SqlStore:
         if directory:
             stmt = stmt.where(T.name.like(like_prefix(directory + "/"), escape="\\"))
         with backend_errors("listing secrets"), self.engine.connect() as conn:
-            names = list(conn.execute(stmt).scalars())
+            names = [name for name in conn.execute(stmt).scalars() if valid_name(name)]
         return listing_from_names(names, directory)
 
     def read(self, name: str) -> SecretRecord:
@@ -309,7 +418,12 @@ class SqlStore:
                 rows = conn.execute(self._read_stmt, {"name": name}).all()
         if not rows:
             raise NotFound(f"no secret named {name!r}")
-        updated, created, stored = max(rows, key=lambda r: r[0])
+        updated, created, raw = max(rows, key=lambda r: r[0])
+        try:
+            stored = load_stored(raw)
+        except IntegrityError as exc:
+            log.error("secret %r cannot be read: %s", name, exc)
+            raise IntegrityError(f"secret {name!r} cannot be read: {exc}") from None
         if crypto.is_encrypted(stored):
             try:
                 value = crypto.decrypt(self._key, stored)
@@ -324,7 +438,7 @@ class SqlStore:
         """The records of those names that exist, in one query per READ_MANY_CHUNK names.
 
         The newest row per name wins, as in read(). A name whose value does not decrypt is left
-        out (its own read() reports the error).
+        out, as is one whose stored value is not a JSON object (its own read() reports the error).
         """
         newest: dict[str, tuple[float, float, Any]] = {}
         for start in range(0, len(names), READ_MANY_CHUNK):
@@ -342,8 +456,9 @@ class SqlStore:
                 if known is None or updated > known[0]:
                     newest[name] = (updated, created, stored)
         records: dict[str, SecretRecord] = {}
-        for name, (updated, created, stored) in newest.items():
+        for name, (updated, created, raw) in newest.items():
             try:
+                stored = load_stored(raw)
                 value = crypto.decrypt(self._key, stored) if crypto.is_encrypted(stored) else stored
             except IntegrityError:
                 continue
@@ -436,15 +551,40 @@ class SqlStore:
         with backend_errors("counting rows"), self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
+    def bad_rows(self) -> tuple[int, int]:
+        """(rows whose stored value is not a JSON object, rows whose name is not valid UTF-8).
+
+        A row of the first kind fails alone (EIO for its file); one of the second kind is hidden.
+        On SQLite, the rows whose value is surely an envelope are not fetched (SURELY_ENCRYPTED).
+        """
+        stmt = sa.select(T.name, RAW_SECRET).where(VISIBLE)
+        surely = SURELY_ENCRYPTED.get(self.backend)
+        if surely is not None and self.backend == "sqlite":
+            stmt = stmt.where(sa.or_(sa.text(f"({surely}) = 0"), sa.func.typeof(T.name) != "text"))
+        bad = invalid = 0
+        with backend_errors("counting rows"), self.engine.connect() as conn:
+            for name, raw in conn.execute(stmt):
+                if not valid_name(name):
+                    invalid += 1
+                    continue
+                try:
+                    load_stored(raw)
+                except IntegrityError:
+                    bad += 1
+        return bad, invalid
+
     def info(self) -> dict[str, Any]:
         from secretfs.config import redact_url
 
+        bad, invalid = self.bad_rows()
         return {
             "backend": self.backend,
             "database": redact_url(self.engine.url.render_as_string(hide_password=False)),
             "secrets": len(self.list()),
             "duplicate_names": self.duplicate_names(),
             "hidden_vault_rows": self.hidden_vault_rows(),
+            "bad_rows": bad,
+            "hidden_invalid_rows": invalid,
             **({"notify_trigger": pg_notify.trigger_installed(self.engine)} if self.backend == "postgresql" else {}),
         }
 

@@ -22,9 +22,13 @@ from secretfs import crypto
 from secretfs.config import Secret, Settings
 from secretfs.errors import ConfigError, IntegrityError, KeyMismatch
 from secretfs.stores.sql import (
+    RAW_SECRET,
+    SURELY_ENCRYPTED,
     VISIBLE,
     SqlStore,
     backend_errors,
+    checkpoint_wal,
+    load_stored,
     make_engine,
     meta_table,
     metadata,
@@ -94,14 +98,22 @@ def key_matches(conn: Connection, tables: set[str], key: bytes) -> bool:
             return False
     if secret_table.name not in tables:
         return True
-    rows = conn.execute(sa.select(secret_table.c.secret).where(VISIBLE).limit(SAMPLE_ROWS * 4)).scalars()
-    sampled = [value for value in rows if crypto.is_encrypted(value)][:SAMPLE_ROWS]
+    rows = conn.execute(sa.select(RAW_SECRET).where(VISIBLE).limit(SAMPLE_ROWS * 4)).scalars()
+    sampled = [value for value in map(_stored_or_none, rows) if crypto.is_encrypted(value)][:SAMPLE_ROWS]
     try:
         for value in sampled:
             crypto.decrypt(key, value)
     except IntegrityError:
         return False
     return True
+
+
+def _stored_or_none(raw: Any) -> Any:
+    """The stored JSON object, or None for a malformed row (reported by the reads of that row)."""
+    try:
+        return load_stored(raw)
+    except IntegrityError:
+        return None
 
 
 def write_canary(conn: Connection, key: bytes) -> None:
@@ -111,41 +123,25 @@ def write_canary(conn: Connection, key: bytes) -> None:
         conn.execute(sa.insert(meta_table).values(key=CANARY_KEY, value=value))
 
 
-# SQL that is 1 for a row whose value is surely a v1 envelope (crypto.is_encrypted: an object whose
-# "__encrypted" is a string starting "v1:"), else 0. Only rows where it is 0 come back to Python,
-# which applies crypto.is_encrypted itself; so the SQL may return too many rows, never too few.
-# CASE branches are evaluated in order (json_type would fail on malformed JSON). On SQLite, an
-# object with more keys than "__encrypted" (or with it twice, where SQLite and Python would pick
-# different values) is left to Python.
-_SURELY_ENCRYPTED = {
-    "sqlite": """CASE
-        WHEN NOT json_valid(secret) THEN 0
-        WHEN json_type(secret) != 'object' THEN 0
-        WHEN json_type(secret, '$.__encrypted') IS NOT 'text' THEN 0
-        WHEN substr(json_extract(secret, '$.__encrypted'), 1, 3) != 'v1:' THEN 0
-        WHEN json_remove(secret, '$.__encrypted') != '{}' THEN 0
-        ELSE 1 END""",
-    "postgresql": """CASE
-        WHEN jsonb_typeof(CAST(secret AS jsonb)) != 'object' THEN 0
-        WHEN jsonb_typeof(CAST(secret AS jsonb) -> '__encrypted') IS DISTINCT FROM 'string' THEN 0
-        WHEN left(CAST(secret AS jsonb) ->> '__encrypted', 3) = 'v1:' THEN 1
-        ELSE 0 END""",
-}
-
-
 def encrypt_plaintext_rows(conn: Connection, key: bytes) -> int:
     """Encrypt every plaintext visible row in place; return how many there were.
 
     The database filters out the rows that are surely encrypted already, so a start-up over a large
-    table does not fetch and parse every row.
+    table does not fetch and parse every row. A row whose stored value is not a JSON object is left
+    as it is, named in one log line (never its content): it does not stop the others.
     """
-    stmt = sa.select(secret_table.c.id, secret_table.c.secret).where(VISIBLE)
-    surely = _SURELY_ENCRYPTED.get(conn.dialect.name)
+    stmt = sa.select(secret_table.c.id, secret_table.c.name, RAW_SECRET).where(VISIBLE)
+    surely = SURELY_ENCRYPTED.get(conn.dialect.name)
     if surely is not None:
         stmt = stmt.where(sa.text(f"({surely}) = 0"))
     rows = conn.execute(stmt).all()
     count = 0
-    for row_id, value in rows:
+    for row_id, name, raw in rows:
+        try:
+            value = load_stored(raw)
+        except IntegrityError as exc:
+            log.error("secret %r is left as it is (not encrypted): %s", name, exc)
+            continue
         if crypto.is_encrypted(value):
             continue
         conn.execute(
@@ -186,16 +182,42 @@ def prepare_database(engine: Engine, key: bytes, *, accept_new_key: bool = False
         migrated = encrypt_plaintext_rows(conn, key)
     if engine.dialect.name == "sqlite":
         with backend_errors("enabling WAL"), engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            # Consumed: an unfinished statement would keep the connection busy (a checkpoint on it
+            # would fail with "database table is locked").
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL").all()
+        if migrated:
+            # The plaintext rows just encrypted may still be in the WAL (written there by another
+            # program, or by this transaction's overwritten pages): copy and truncate it.
+            checkpoint_wal(engine)
     if migrated:
         log.warning("encrypted %d plaintext secret row(s) at startup", migrated)
     return migrated
 
 
 def ensure_sqlite_dir(url: str) -> None:
+    """Create a SQLite file's directory (0700) and the file itself, empty and 0600, if missing.
+
+    SQLite creates the -wal and -shm files with the database file's mode, so they are 0600 too.
+    An existing file's mode is left as it is (another program may share it).
+    """
     parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:") or parsed.query:
+        return  # a URI or options (read-only, in-memory...): left to SQLite
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # SQLite reports the problem, with its own error, when it opens the file
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+    finally:
+        os.close(fd)
 
 
 def open_engine(settings: Settings) -> Engine:

@@ -1,4 +1,4 @@
-"""The Vault store: secrets in Vault/OpenBao KV (v1 or v2) at raw paths `{prefix}/{name}` (docs/design.md; README "Vault modes").
+"""The Vault store: secrets in Vault/OpenBao KV (v1 or v2) at raw paths `{prefix}/{name}` (README "Vault modes").
 
 KV v2: read `GET {prefix}/{name}` -> data.data; write `POST {prefix}/{name}` {"data": value}; delete
 every version with `DELETE {metadata}/{name}`; list `LIST {metadata}/{dir}/`. KV v1: everything at
