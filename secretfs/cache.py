@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ENTRIES = 10_000  # decrypted records held; the rest cost a backend read (RSS at 100k secrets)
 NEGATIVE_TTL = 1.0
 PREFETCH_WINDOW = 256  # names read ahead in one query after a miss in a listed directory
+RETRY_AFTER = 1.0  # seconds between probes of a backend that is down
 LISTED_DIRS = 16  # directories whose last listing is kept as a read-ahead hint
 
 T = TypeVar("T")
@@ -64,12 +65,31 @@ class _Entry:
 
 
 class Health:
-    """Whether the backend answers, and since when it does not."""
+    """Whether the backend answers, and since when it does not.
 
-    def __init__(self) -> None:
+    While it does not, one request probes it at most every `RETRY_AFTER` seconds and the others
+    fail at once: a frozen backend then costs one timeout per interval, not one per request (the
+    kernel serializes lookups of one name, so 40 readers of a never-read directory waited 40
+    timeouts one after the other).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self.degraded_since: float | None = None
         self.last_error: str | None = None
+        self._retry_at = 0.0
+
+    def check(self) -> None:
+        """Raise BackendUnavailable at once while the backend is down and not due for a probe."""
+        if self.degraded_since is None:
+            return
+        with self._lock:
+            now = self._clock()
+            if now < self._retry_at:
+                left = self._retry_at - now
+                raise BackendUnavailable(f"backend unavailable ({self.last_error}); tried again in {left:.1f} s")
+            self._retry_at = now + RETRY_AFTER  # this request is the probe
 
     def ok(self) -> None:
         if self.degraded_since is None:
@@ -83,6 +103,7 @@ class Health:
     def failed(self, exc: BaseException) -> None:
         with self._lock:
             self.last_error = str(exc)
+            self._retry_at = self._clock() + RETRY_AFTER
             if self.degraded_since is None:
                 self.degraded_since = time.time()
                 log.warning("backend unavailable, serving cached values while they last: %s", exc)
@@ -114,7 +135,7 @@ class CachingStore:
         self.ttl = ttl
         self.max_stale = max_stale
         self.negative_ttl = min(negative_ttl, ttl)
-        self.health = Health()
+        self.health = Health(clock)
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: BoundedLRU[str, _Entry] = BoundedLRU(max_entries)
@@ -143,6 +164,7 @@ class CachingStore:
 
     def _guard(self, fetch: Callable[[], T]) -> T:
         try:
+            self.health.check()
             result = fetch()
         except BackendUnavailable as exc:
             self.health.failed(exc)

@@ -13,10 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from secretfs import crypto
-from secretfs.cache import PREFETCH_WINDOW, CachingStore
+from secretfs.cache import PREFETCH_WINDOW, RETRY_AFTER, CachingStore
 from secretfs.errors import BackendUnavailable, IntegrityError, NotFound
+from secretfs.stores.base import SecretRecord
 from secretfs.stores.sql import READ_MANY_CHUNK, SqlStore, make_engine
 from secretfs.stores.sql_setup import prepare_database
+from tests.support.clock import FakeClock
 from tests.support.counting import CountingStore
 from tests.test_sql_store import Db, insert_rows, make_foreign
 
@@ -241,3 +243,31 @@ def test_no_fast_reads_for_engines_not_made_here(tmp_path: Path, key: bytes) -> 
         assert SqlStore(engine, key)._fast is None
     finally:
         engine.dispose()
+
+
+def test_a_down_backend_is_probed_once_per_interval() -> None:
+    """While the backend is down, one request probes it per RETRY_AFTER; the others fail at once."""
+
+    class Attempts(CountingStore):
+        attempts = 0
+
+        def read(self, name: str) -> SecretRecord:
+            self.attempts += 1
+            return super().read(name)
+
+    clock = FakeClock()
+    store = Attempts()
+    store.write("a", {"value": "1"})
+    store.write("b", {"value": "2"})
+    cache = CachingStore(store, ttl=0, clock=clock)
+    store.down = True
+    with pytest.raises(BackendUnavailable):
+        cache.read("a")
+    assert store.attempts == 1
+    with pytest.raises(BackendUnavailable):
+        cache.read("b")  # within the interval: not sent to the backend
+    assert store.attempts == 1
+    clock.advance(RETRY_AFTER)
+    store.down = False
+    assert cache.read("b").value == {"value": "2"}  # the next probe finds it back
+    assert cache.health.as_dict()["state"] == "healthy"

@@ -268,3 +268,32 @@ def test_vault_down_gives_eio_within_the_timeout(tmp_path: Path, fresh_bao: BaoS
         assert code == errno.EIO
         assert took < 5
         assert "Vault" in m.log.read_text()
+
+
+def test_a_frozen_vault_does_not_serialize_readers(tmp_path: Path, fresh_bao: BaoServer) -> None:
+    """Issue 10, finding 3: 40 parallel `cat`s of never-read secrets in one directory against a frozen
+    OpenBao each get EIO within the timeout (they were served one at a time: the last after 200 s)."""
+    sub = unique()
+    fresh_bao.cli("kv", "put", "-mount=secret", f"{sub}/seen", "value=up")
+    for i in range(40):
+        fresh_bao.cli("kv", "put", "-mount=secret", f"{sub}/dir/s{i:02d}", "value=up")
+    inst = vault_instance(tmp_path, fresh_bao, sub, SECRETFS_TIMEOUT="2")
+    with mounted(inst, tmp_path / "mnt") as m:
+        assert (m.path / "seen").read_bytes() == b"up"
+        os.kill(fresh_bao.proc.pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            procs = [
+                subprocess.Popen(
+                    ["cat", str(m.path / "dir" / f"s{i:02d}")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
+                for i in range(40)
+            ]
+            codes = [proc.wait(timeout=120) for proc in procs]
+            took = time.monotonic() - start
+        finally:
+            os.kill(fresh_bao.proc.pid, signal.SIGCONT)
+        assert all(code != 0 for code in codes)
+        # Each read waits for its own backend request (the 2 s timeout, a retry at most), not for
+        # the 39 others: serialized, 40 reads would take 80 s or more.
+        assert took < 20, f"40 parallel reads against a frozen Vault took {took:.1f}s with a 2s timeout"
