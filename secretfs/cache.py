@@ -163,8 +163,8 @@ class CachingStore:
             self._entries.put(name, entry)
 
     def _guard(self, fetch: Callable[[], T]) -> T:
+        self.health.check()  # outside the try: failing at once is not a new failure
         try:
-            self.health.check()
             result = fetch()
         except BackendUnavailable as exc:
             self.health.failed(exc)

@@ -41,7 +41,7 @@ WAIT_LIMIT = 2.0  # longest a request waits for its own notifications
 
 
 class Notifier:
-    """A queue of jobs and the one thread that runs them in order (kernel notifications; publishing)."""
+    """A queue of kernel notifications and the one thread that sends them, in order."""
 
     def __init__(self, name: str = "secretfs-notifier") -> None:
         self._name = name
@@ -82,7 +82,6 @@ class Coherence:
         self.nodes = nodes
         self.policy = policy
         self.notifier = Notifier()
-        self.publisher = Notifier("secretfs-publisher")  # background publishing to the other local mounts
         # Set once the session runs: (parent ino, name) -> drop that entry; ino -> drop attrs/pages.
         self.invalidate_entry: Callable[[int, str], int] | None = None
         self.invalidate_inode: Callable[[int], int] | None = None
@@ -171,20 +170,16 @@ class Coherence:
         else:
             self.changed(names)
 
-    def wrote(self, *names: str, wait: bool = True) -> None:
-        """This mount changed these secrets: tell the other mounts of the store on this host.
+    def wrote(self, *names: str) -> None:
+        """This mount changed these secrets: tell the other mounts of the store on this host, and
+        return once they answered (read-your-writes across local mounts).
 
-        With `wait`, return once they answered (read-your-writes across local mounts); a request
-        that holds a directory lock in the kernel publishes in the background instead, since two
-        mounts waiting on each other's locked directories would stall until the answer limit.
+        Other mounts are other kernels' locks: a request may wait for them even while the kernel
+        holds one of this mount's directory locks. Two mounts renaming in their own directories at
+        the same instant can wait on each other; the answer limit (2 s) breaks that.
         """
-        publish = self.publish
-        if publish is None or not names:
-            return
-        if wait:
-            publish(names)
-        else:
-            self.publisher.submit(lambda: publish(names))
+        if self.publish is not None and names:
+            self.publish(names)
 
     def poke(self) -> None:
         """Something outside may have changed the store: check the current nodes soon."""
@@ -258,7 +253,6 @@ class Coherence:
 
     def start(self) -> None:
         self.notifier.start()
-        self.publisher.start()
         self._thread = threading.Thread(target=self._run, name="secretfs-coherence", daemon=True)
         self._thread.start()
         self._unwatch = self.cache.watch(self._store_changed)
@@ -271,4 +265,3 @@ class Coherence:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.notifier.stop()
-        self.publisher.stop()

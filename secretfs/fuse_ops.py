@@ -197,7 +197,7 @@ class SecretFS:
         node = self.nodes.current(path)
         if node is None or not node.created:
             self.view.unlink("/" + path)
-            self.coherence.wrote(self.view.secret_of(path), wait=False)  # the kernel holds the directory's lock
+            self.coherence.wrote(self.view.secret_of(path))
         self.nodes.detach(path)
 
     def rename(self, parent: int, name: str, new_parent: int, new_name: str, flags: int) -> None:
@@ -217,7 +217,7 @@ class SecretFS:
             self.files.commit(node, wait=False)  # the kernel holds the directories' locks
             return
         self.view.rename("/" + old, "/" + new)
-        self.coherence.wrote(self.view.secret_of(old), self.view.secret_of(new), wait=False)
+        self.coherence.wrote(self.view.secret_of(old), self.view.secret_of(new))
         if node is not None:
             self.nodes.move(node, new)
             self.nodes.detach_below(old)

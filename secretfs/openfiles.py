@@ -139,10 +139,10 @@ class OpenFiles:
     def commit(self, node: Node, *, wait: bool = True) -> None:
         """Store a node's pending content under its name (flush, fsync, release, rename of a new file).
 
-        With `wait` (flush, fsync, release: the kernel holds no lock for them) the kernel and the
-        other local mounts are settled before it returns; a request that holds a directory lock in
-        the kernel (rename) must not wait, or the notification it waits for could wait for it. No
-        wait happens under the node's lock (docs/design.md, "Lock order").
+        The other local mounts are told before it returns. With `wait` (flush, fsync, release: the
+        kernel holds no lock for them) this mount's kernel is settled too; a request that holds a
+        directory lock in the kernel (rename) must not wait for that, or the notification it waits
+        for would wait for it. No wait happens under the node's lock (docs/design.md, "Lock order").
         """
         try:
             retire = self._store(node)
@@ -152,7 +152,7 @@ class OpenFiles:
         if retire is None:
             return
         name, canonical = retire
-        self.coherence.wrote(self.view.secret_of(name), wait=wait)
+        self.coherence.wrote(self.view.secret_of(name))
         if canonical:
             # Stored in canonical form (a JSON object): the name now leads to a node with what the
             # file shows; this one keeps what its descriptors wrote.

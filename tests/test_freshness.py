@@ -6,7 +6,6 @@ Values are changed behind the mount (another process on SQLite, another client o
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import uuid
@@ -16,6 +15,7 @@ import pytest
 
 from tests.support.bao import BaoServer, vault_env
 from tests.support.mount import Instance, make_instance, mounted, os_read
+from tests.support.pg import plain_sql_update
 
 pytestmark = pytest.mark.mount
 
@@ -61,12 +61,11 @@ def test_sqlite_change_by_another_process(instance: Instance, tmp_path: Path, mo
 
 
 def test_kernel_mode_really_caches(tmp_path: Path, pg_url: str) -> None:
-    # The control for the tests here: without a watcher (PostgreSQL), without the control socket
-    # (the writer runs on "another host": its own runtime directory) and with a long TTL, a kernel
+    # The control for the tests here: a write that nothing announces (plain SQL on PostgreSQL, no
+    # trigger: no notification, no file to watch, no control socket) with a long TTL: a kernel
     # mount keeps serving what it has, while a direct mount with the cache off sees the change at
-    # once. So freshness is the watcher's, the control socket's or the TTL's doing.
+    # once. So freshness is the watcher's, the notifications', the control socket's or the TTL's.
     inst = make_instance(tmp_path, ARCHESTRA_DATABASE_URL=pg_url)
-    other_host = dataclasses.replace(inst, env={**inst.env, "SECRETFS_RUNTIME_DIR": str(tmp_path / "host-b")})
     inst.cli("put", "cached", input=b"original")
     with (
         mounted(inst, tmp_path / "k", "--read-only", "--cache-ttl", "600") as kernel,
@@ -74,19 +73,18 @@ def test_kernel_mode_really_caches(tmp_path: Path, pg_url: str) -> None:
     ):
         warm(kernel.path / "cached", b"original")
         warm(direct.path / "cached", b"original")
-        other_host.cli("put", "cached", input=b"replaced")
+        plain_sql_update(pg_url, inst.env["ARCHESTRA_SECRETS_ENCRYPTION_SECRET"], "cached", "replaced")
         assert os_read(direct.path / "cached") == b"replaced"
         assert os_read(kernel.path / "cached") == b"original"
 
 
 def test_postgresql_change_seen_within_ttl_in_kernel_mode(tmp_path: Path, pg_url: str) -> None:
-    # PostgreSQL has no file to watch, and the writer is on another host: the TTL brings it in.
+    # PostgreSQL with a write that nothing announces (plain SQL, no trigger): the TTL brings it in.
     inst = make_instance(tmp_path, ARCHESTRA_DATABASE_URL=pg_url)
     inst.cli("put", "pgsecret", input=b"pg-value-1")
-    other_host = dataclasses.replace(inst, env={**inst.env, "SECRETFS_RUNTIME_DIR": str(tmp_path / "host-b")})
     with mounted(inst, tmp_path / "m", "--cache-ttl", str(TTL)) as m:
         warm(m.path / "pgsecret", b"pg-value-1")
-        other_host.cli("put", "pgsecret", input=b"pg-value-2")
+        plain_sql_update(pg_url, inst.env["ARCHESTRA_SECRETS_ENCRYPTION_SECRET"], "pgsecret", "pg-value-2")
         assert_fresh_within(m.path / "pgsecret", b"pg-value-2", TTL + SLACK)
 
 

@@ -8,7 +8,6 @@ than the test, so only a notification can bring a change across.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from secretfs import crypto
 from tests.support.mount import Instance, Mounted, make_instance, mounted, os_read
+from tests.support.pg import plain_sql_update
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.server]
@@ -45,16 +44,6 @@ def lag_until(path: Path, expected: bytes | None, bound: float) -> float:
 
     wait_until(seen, bound, interval=0.005, message=lambda: f"{path.name} not {expected!r} within {bound}s")
     return time.monotonic() - started
-
-
-def plain_sql_update(url: str, secret: str, name: str, value: str) -> None:
-    """What another program (Archestra) does: UPDATE the row with a fresh envelope, in plain SQL."""
-    envelope = crypto.encrypt(crypto.derive_key(secret), {"value": value})
-    conninfo = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(
-            "UPDATE secret SET secret = %s::jsonb, updated_at = now() WHERE name = %s", (json.dumps(envelope), name)
-        )
 
 
 @pytest.fixture

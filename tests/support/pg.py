@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import secrets
@@ -27,8 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 
+from secretfs import crypto
 from tests.support.wait import wait_until
 
 SUPERUSER = "secretfs"
@@ -234,3 +238,13 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
         yield pg_server.url(name)
     finally:
         pg_server.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def plain_sql_update(url: str, secret: str, name: str, value: str) -> None:
+    """What another program (Archestra) does: UPDATE the row with a fresh envelope, in plain SQL."""
+    envelope = crypto.encrypt(crypto.derive_key(secret), {"value": value})
+    conninfo = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE secret SET secret = %s::jsonb, updated_at = now() WHERE name = %s", (json.dumps(envelope), name)
+        )
