@@ -84,7 +84,7 @@ class Coherence:
         self.notifier = Notifier()
         # Set once the session runs: (parent ino, name) -> drop that entry; ino -> drop attrs/pages.
         self.invalidate_entry: Callable[[int, str], int] | None = None
-        self.invalidate_inode: Callable[[int], int] | None = None
+        self.invalidate_inode: Callable[..., int] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -125,6 +125,9 @@ class Coherence:
         if name is None or self.nodes.current(name) is not node:
             return
         self.nodes.detach(name)
+        send = self.invalidate_inode
+        if send is not None:  # its link count is 0 now (its pages stay right: its bytes never change)
+            self.notifier.submit(lambda: send(node.ino, pages=False))
         self.drop_entry(name, wait=wait)
 
     def drop_entry(self, name: str, *, wait: bool = False) -> None:

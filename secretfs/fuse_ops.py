@@ -211,7 +211,7 @@ class SecretFS:
         if node is not None and node.created:
             # Never committed: store it under the new name now, as the replace it stands for.
             render.check_new_name(new)
-            if self._exists(new) and self.view.resolve(new).is_dir:
+            if self._is_dir(new):
                 raise errors.IsADirectory(new)
             self.nodes.move(node, new)
             self.files.commit(node, wait=False)  # the kernel holds the directories' locks
@@ -223,6 +223,15 @@ class SecretFS:
             self.nodes.detach_below(old)
         else:
             self.nodes.detach(new)
+
+    def _is_dir(self, path: str) -> bool:
+        node = self.nodes.current(path)
+        if node is not None:
+            return node.is_dir
+        try:
+            return self.view.resolve(path).is_dir
+        except errors.NotFound:
+            return False
 
     def _exists(self, path: str) -> bool:
         node = self.nodes.current(path)
@@ -243,6 +252,8 @@ class SecretFS:
     def rmdir(self, parent: int, name: str) -> None:
         self._refuse_if_read_only()
         path = self._path(parent, name)
+        if self.nodes.created_in(path):  # a file being created is there before its first close
+            raise errors.DirectoryNotEmpty(f"{path!r} is not empty")
         self.view.rmdir("/" + path)
         self.nodes.detach(path)
 

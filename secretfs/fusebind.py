@@ -325,10 +325,10 @@ class Session:
 
     # ----- notifications (never from a request on the same inode or directory) --------------------
 
-    def invalidate_inode(self, ino: int) -> int:
-        """Drop the kernel's attributes and pages of an inode; 0 or a negative errno."""
+    def invalidate_inode(self, ino: int, *, pages: bool = True) -> int:
+        """Drop the kernel's attributes (and pages) of an inode; 0 or a negative errno."""
         se = self._se
-        return int(_inval_inode(se, ino, 0, 0)) if se else -errno.ENOTCONN
+        return int(_inval_inode(se, ino, 0 if pages else -1, 0)) if se else -errno.ENOTCONN
 
     def invalidate_entry(self, parent: int, name: str) -> int:
         """Drop the kernel's directory entry parent/name, so the next path walk looks it up."""

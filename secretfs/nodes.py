@@ -34,7 +34,6 @@ class Node:
     ctime: float = 0.0
     pending: bytearray | None = None  # content written through open descriptors, not committed yet
     created: bool = False  # made by create() and never committed: exists only in this mount
-    failed: int = 0  # errno of a failed write: the pending content is dropped at its commit
     commits: int = 0  # commits through this node (a release must not undo a later commit)
     nlookup: int = 0
     writers: int = 0  # open write handles

@@ -7,6 +7,7 @@ whether it wrote. A commit stores the whole content in one view write (docs/desi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -39,6 +40,7 @@ class Handle:
     opener: int  # process that opened it: only its own close commits at flush
     append: bool
     written: bool = False  # a write or truncate came through this handle
+    refused: int = 0  # errno of a write refused through this handle (EFBIG), reported at its close
 
 
 class OpenFiles:
@@ -77,7 +79,7 @@ class OpenFiles:
             content = node.content
             start = len(content) if handle.append else offset
             if start + len(data) > render.MAX_VALUE_BYTES:
-                node.failed = errno.EFBIG
+                handle.refused = errno.EFBIG
                 raise errors.ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
             buf = node.pending if node.pending is not None else bytearray(content)
             if start > len(buf):
@@ -106,8 +108,18 @@ class OpenFiles:
 
     def flush(self, fh: int) -> None:
         handle = self._handles.get(fh)
-        if handle is not None and self._flush_commits(handle):
+        if handle is not None and handle.refused:
+            self._refused(handle)
+        elif handle is not None and self._flush_commits(handle):
             self.commit(handle.node)
+
+    def _refused(self, handle: Handle) -> None:
+        """The close of a descriptor whose write was refused: report it; if no other descriptor is
+        writing the file, what it wrote before is dropped (a value cut at the limit never existed)."""
+        code, handle.refused = handle.refused, 0
+        if handle.node.writers <= 1:
+            self._forget_failed(handle.node, wait=True)
+        raise FuseError(code)
 
     @staticmethod
     def _flush_commits(handle: Handle) -> bool:
@@ -132,6 +144,9 @@ class OpenFiles:
             handle = self._handles.pop(fh, None)
         if handle is None:
             return
+        if handle.refused:  # no flush reported it (another process closed last)
+            with contextlib.suppress(FuseError):
+                self._refused(handle)
         self.nodes.hold(handle.node, -1)
         if handle.node.writers == 0:
             self.commit(handle.node)  # what no flush committed (see _flush_commits)
@@ -146,7 +161,7 @@ class OpenFiles:
         """
         try:
             retire = self._store(node)
-        except (errors.SecretfsError, FuseError):
+        except errors.SecretfsError:
             self._forget_failed(node, wait=wait)
             raise
         if retire is None:
@@ -161,9 +176,6 @@ class OpenFiles:
     def _store(self, node: Node) -> tuple[str, bool] | None:
         """The store write, under the node's lock: (name, shown in another form) when stored."""
         with node.lock:
-            if node.failed:
-                code, node.failed = node.failed, 0
-                raise FuseError(code)
             if not node.dirty:
                 return None
             if node.name is None:  # unlinked: nothing is stored, open descriptors keep what they wrote

@@ -141,6 +141,8 @@ def test_writable_open_of_a_stale_inode_is_estale(fs: SecretFS) -> None:
 
 
 def test_too_big_a_write_keeps_the_old_value(fs: SecretFS) -> None:
+    # `cat big > f`: the kernel splits the write; the part past the limit is refused. What the same
+    # descriptor wrote before is dropped too: a value cut at the limit never existed.
     ino, fh = open_file(fs, "s", os.O_WRONLY | os.O_TRUNC)
     fs.write(ino, b"begun", 0, fh)
     with pytest.raises(errors.ValueTooLarge):
@@ -150,6 +152,19 @@ def test_too_big_a_write_keeps_the_old_value(fs: SecretFS) -> None:
     assert caught.value.errno == errno.EFBIG
     assert stored(fs, "s") == b"old"
     assert fs.read(ino, 10, 0, 0) == b"old"
+
+
+def test_a_refused_write_leaves_another_writer_alone(fs: SecretFS) -> None:
+    ino, writer = open_file(fs, "s", os.O_RDWR)
+    fs.write(ino, b"NEW", 0, writer)
+    _, other = open_file(fs, "s", os.O_RDWR)
+    with pytest.raises(errors.ValueTooLarge):
+        fs.write(ino, b"x", 2 * 1024 * 1024, other)
+    with pytest.raises(FuseError):
+        fs.flush(ino, other)  # its own close reports it
+    fs.release(ino, other)
+    fs.flush(ino, writer)
+    assert stored(fs, "s") == b"NEW"
 
 
 def test_truncate_by_path_commits_at_once(fs: SecretFS) -> None:
