@@ -140,7 +140,7 @@ class SecretFS:
 
     @property
     def kernel_only_reads(self) -> bool:
-        """Read-only `kernel` mode: open answers ENOSYS, so the kernel stops sending opens at all."""
+        """Read-only `kernel` mode: open and flush answer ENOSYS, so the kernel stops sending them."""
         return self.read_only and self.policy.cache_mode == "kernel"
 
     def open(self, ino: int, fi: Any) -> None:
@@ -181,6 +181,8 @@ class SecretFS:
         return self.files.write(fh, data, offset)
 
     def flush(self, ino: int, fh: int) -> None:
+        if self.kernel_only_reads:
+            raise FuseError(errno.ENOSYS)  # the kernel stops sending flushes: warm reads stay in it
         self.files.flush(fh)
 
     def fsync(self, ino: int, fh: int) -> None:
