@@ -200,3 +200,16 @@ def test_name_too_long_and_not_a_directory(fs: SecretFS) -> None:
     ino = fs.lookup(ROOT_INO, "s").ino
     with pytest.raises(errors.NotADirectory):
         fs.lookup(ino, "child")
+
+
+def test_read_only_kernel_mode_sends_no_opens_nor_flushes() -> None:
+    """ENOSYS makes the kernel stop sending them: warm reads then never reach the daemon."""
+    store = MemoryStore()
+    store.write("s", {"value": "v"})
+    fs = build_operations(store, ViewOptions(read_only=True), FreshnessPolicy(cache_mode="kernel", ttl=0))
+    ino = fs.lookup(ROOT_INO, "s").ino
+    for request in (lambda: fs.open(ino, fi()), lambda: fs.flush(ino, 0)):
+        with pytest.raises(FuseError) as caught:
+            request()
+        assert caught.value.errno == errno.ENOSYS
+    assert fs.read(ino, 10, 0, 0) == b"v"  # pages are filled by handle-less reads
