@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "secretfs_changes"
 TRIGGER = "secretfs_notify"
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+LISTEN_WAIT = 5.0  # seconds watch() waits for the first LISTEN
 
 OnChange = Callable[[Sequence[str] | None], None]
 
@@ -80,9 +81,13 @@ class Listener:
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._on_change = on_change
         self._stop = threading.Event()
+        self._listening = threading.Event()
         self._conn: Any = None
         self._thread = threading.Thread(target=self._run, name="secretfs-pg-listen", daemon=True)
         self._thread.start()
+        # A write right after watch() returns must be heard: wait (boundedly) for the LISTEN.
+        if not self._listening.wait(LISTEN_WAIT):
+            log.warning("not listening for PostgreSQL notifications yet; changes from other hosts may wait")
 
     def _run(self) -> None:
         failures = 0
@@ -109,6 +114,7 @@ class Listener:
         with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
             self._conn = conn
             conn.execute(f"LISTEN {CHANNEL}")
+            self._listening.set()
             if reconnected:
                 log.warning("listening for PostgreSQL notifications again")
                 self._on_change(None)  # changes made while it was away were missed: check everything
