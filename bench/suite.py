@@ -10,7 +10,11 @@ Sections, each against baselines measured in the same run:
   d. concurrency: warm-read throughput with 1, 4 and 16 reader threads;
   e. write: open(O_TRUNC)+write+close (what `printf … > file` does) over SQLite and Vault;
   f. freshness: time from a change made outside the mount until a read returns it, and the same
-     for OpenBao Agent rendering the secret with a template at its default settings.
+     for OpenBao Agent rendering the secret with a template at its default settings;
+  g. propagation: read-your-writes on one host, and changes pushed between hosts;
+  h. telling applications (issue 12): time from a change outside the mount until an inotify watch
+     on the secret's directory gets IN_CLOSE_WRITE, and until an on-change action's command runs,
+     against OpenBao Agent running its template `exec` command at default settings.
 
 The tables go to stdout and, between markers, into docs/performance.md. Servers, mounts and temporary
 directories are always cleaned up, on errors and Ctrl-C too.
@@ -20,13 +24,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import json
 import os
 import platform
+import select
+import shlex
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -66,15 +75,16 @@ class Counts:
     scale: list[int]
     agent_wait: float  # how long to wait for the agent to render a change
     rounds: int = 5  # interleaved rounds for warm reads and throughput
+    events: int = 10  # h: changes per measured path
 
     @staticmethod
     def make(mode: str, scale: list[int] | None) -> Counts:
         if mode == "smoke":
-            counts = Counts(300, 100, 50, 0.3, 20, 1, [200], 0.0, rounds=2)
+            counts = Counts(300, 100, 50, 0.3, 20, 1, [200], 0.0, rounds=2, events=2)
         elif mode == "quick":
-            counts = Counts(3000, 1000, 300, 0.7, 50, 2, [1000, 10_000], 20.0)
+            counts = Counts(3000, 1000, 300, 0.7, 50, 2, [1000, 10_000], 20.0, events=5)
         else:
-            counts = Counts(20_000, 5000, 2000, 2.0, 300, 3, [1000, 10_000, 100_000], 330.0)
+            counts = Counts(20_000, 5000, 2000, 2.0, 300, 3, [1000, 10_000, 100_000], 330.0, events=10)
         if scale:
             counts.scale = scale
         return counts
@@ -93,6 +103,11 @@ class Results:
     # g: label -> (stale first reads, or None where the write is not awaited; rounds; seconds per
     # round until the new value was read)
     propagation: dict[str, tuple[int | None, int, list[float]]] = field(default_factory=dict)
+    # h: label -> seconds per round from the change to the inotify event or the action's command
+    events: dict[str, list[float]] = field(default_factory=dict)
+    events_stale: int = 0  # h: reads right after an event that did not return the new value
+    # h: OpenBao Agent's template command: (seconds from the change, or None; seconds waited)
+    agent_command: tuple[float | None, float] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -463,7 +478,7 @@ def bench_write(root: Path, client: Client, counts: Counts, backends: list[Backe
         store = open_store(settings)
         try:
             results.write[f"{backend.label} direct store write"] = time_python(
-                lambda store=store: store.write("bench/direct-write", {"value": VALUE}), counts.writes
+                functools.partial(store.write, "bench/direct-write", {"value": VALUE}), counts.writes
             )
         finally:
             store.close()
@@ -654,12 +669,28 @@ auto_auth {{
 template {{
   destination = "{dest}"
   contents = "{{{{ with secret \\"secret/data/archestra/bench/agent\\" }}}}{{{{ .Data.data.value }}}}{{{{ end }}}}"
+  exec {{
+    command = {command}
+  }}
 }}
 """
 
 
+def stamp_argv(stamps: Path) -> list[str]:
+    """A command that appends the wall-clock time it ran to stamps (sh and date: a few ms to start)."""
+    return ["/bin/sh", "-c", f"date +%s.%N >> {shlex.quote(str(stamps))}"]
+
+
+def read_stamps(stamps: Path) -> list[float]:
+    try:
+        return [float(line) for line in stamps.read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 class AgentRun:
-    """OpenBao Agent rendering one secret to tmpfs; measures how long a change takes to show there.
+    """OpenBao Agent rendering one secret to tmpfs and running the template's `exec` command after
+    each render; measures how long a change takes to show there (f) and to run the command (h).
 
     Started early (the agent's default re-render interval for static secrets is minutes), polled by
     a thread while the other sections run, collected at the end.
@@ -673,6 +704,9 @@ class AgentRun:
         self.proc: subprocess.Popen[bytes] | None = None
         self.changed_at: float | None = None
         self.visible_at: float | None = None
+        self.command_at: float | None = None  # the command's own timestamp of its run after the change
+        self.stamps = self.dir / "stamps"
+        self._stamps_before = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dest = Path(tempfile.mkdtemp(prefix="secretfs-bench-agent-", dir="/dev/shm")) / "secret"
@@ -683,7 +717,11 @@ class AgentRun:
         self.backend.put("bench/agent", "A" * 64)
         (self.dir / "token").write_text("root")
         config = self.dir / "agent.hcl"
-        config.write_text(AGENT_CONFIG.format(dir=self.dir, addr=self.bao.addr, dest=self.dest))
+        config.write_text(
+            AGENT_CONFIG.format(
+                dir=self.dir, addr=self.bao.addr, dest=self.dest, command=json.dumps(stamp_argv(self.stamps))
+            )
+        )
         with open(self.dir / "agent.log", "wb") as out:
             self.proc = subprocess.Popen(
                 [str(BAO), "agent", f"-config={config}"],
@@ -694,32 +732,50 @@ class AgentRun:
             )
         if wait_for(self.dest, b"A" * 64, 30, interval=0.02) is None:
             raise RuntimeError(f"bao agent did not render the secret: {(self.dir / 'agent.log').read_text()[-2000:]}")
+        deadline = time.monotonic() + 10  # the command of the first render
+        while not read_stamps(self.stamps) and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(0.5)
+        self._stamps_before = len(read_stamps(self.stamps))
         self.changed_at = change_vault(self.bao, "bench/agent", "B" * 64)
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            try:
-                if self.dest.read_bytes() == b"B" * 64:
-                    self.visible_at = time.time()
-                    return
-            except OSError:
-                pass
+            if self.visible_at is None:
+                try:
+                    if self.dest.read_bytes() == b"B" * 64:
+                        self.visible_at = time.time()
+                except OSError:
+                    pass
+            if self.command_at is None:
+                stamps = read_stamps(self.stamps)
+                if len(stamps) > self._stamps_before:
+                    self.command_at = stamps[self._stamps_before]
+            if self.visible_at is not None and self.command_at is not None:
+                return
             self._stop.wait(0.02)
 
     def result(self, wait: float) -> tuple[float | None, float]:
         """(seconds from change to visible or None, seconds waited)."""
         assert self.changed_at is not None
         remaining = self.changed_at + wait - time.time()
-        if self._thread is not None and remaining > 0 and self.visible_at is None:
+        if self._thread is not None and remaining > 0 and (self.visible_at is None or self.command_at is None):
             log(f"waiting up to {remaining:.0f} s more for OpenBao Agent to render the change")
             self._thread.join(remaining)
         waited = time.time() - self.changed_at
         if self.visible_at is None:
             return None, waited
         return self.visible_at - self.changed_at, waited
+
+    def command_result(self) -> tuple[float | None, float]:
+        """(seconds from change to the template command's run or None, seconds waited); after result()."""
+        assert self.changed_at is not None
+        waited = time.time() - self.changed_at
+        if self.command_at is None:
+            return None, waited
+        return max(0.0, self.command_at - self.changed_at), waited
 
     def stop(self) -> None:
         self._stop.set()
@@ -731,6 +787,168 @@ class AgentRun:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         shutil.rmtree(self.dest.parent, ignore_errors=True)
+
+
+# ----- h. telling applications: inotify events and on-change actions (issue 12) ------------------
+
+EVENTS_DIR = "bench/events"
+IN_CLOSE_WRITE = 0x8
+_INOTIFY_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
+
+
+class DirWatch:
+    """A real inotify watch (IN_CLOSE_WRITE) on a directory, as an application would hold one; a
+    thread blocked on it stamps every event with the wall-clock time it arrived."""
+
+    def __init__(self, directory: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+        if self.fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        if libc.inotify_add_watch(self.fd, os.fsencode(directory), IN_CLOSE_WRITE) < 0:
+            err = ctypes.get_errno()
+            os.close(self.fd)
+            raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")
+        self.arrivals: dict[str, list[float]] = {}
+        self._cond = threading.Condition()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._read, name="bench-inotify", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.fd, self._wake_r], [], [])
+            now = time.time()
+            if self._wake_r in ready:
+                return
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                continue
+            names, offset = [], 0
+            while offset + _INOTIFY_EVENT.size <= len(data):
+                _wd, mask, _cookie, length = _INOTIFY_EVENT.unpack_from(data, offset)
+                start = offset + _INOTIFY_EVENT.size
+                if mask & IN_CLOSE_WRITE:
+                    names.append(os.fsdecode(data[start : start + length].rstrip(b"\0")))
+                offset = start + length
+            with self._cond:
+                for name in names:
+                    self.arrivals.setdefault(name, []).append(now)
+                self._cond.notify_all()
+
+    def count(self, name: str) -> int:
+        with self._cond:
+            return len(self.arrivals.get(name, []))
+
+    def wait(self, name: str, before: int, timeout: float) -> float | None:
+        """The arrival time of the first IN_CLOSE_WRITE for name after the first `before` ones, or None."""
+        with self._cond:
+            if self._cond.wait_for(lambda: len(self.arrivals.get(name, [])) > before, timeout):
+                return self.arrivals[name][before]
+        return None
+
+    def close(self) -> None:
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        for fd in (self.fd, self._wake_r, self._wake_w):
+            os.close(fd)
+
+
+def change_store(backend: Backend, name: str, value: str) -> float:
+    """A change outside the mount, straight to the store; its commit time (wall clock)."""
+    if backend.kind == "vault":
+        return change_vault(backend.bao, name, value)
+    return change_sqlite(backend, name, value)  # the SQL store of the instance: SQLite or PostgreSQL
+
+
+def wait_stamp(stamps: Path, before: int, timeout: float) -> float | None:
+    """The first timestamp an action's command appended after the first `before` ones, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = read_stamps(stamps)
+        if len(found) > before:
+            return found[before]
+        time.sleep(0.005)
+    return None
+
+
+def default_debounce() -> float:
+    """The debounce an action gets when nothing sets it (the --on-change-exec flag sets nothing)."""
+    from secretfs.actions import Action
+
+    return Action(secrets=("bench/*",), exec=("true",)).debounce
+
+
+def events_label(backend: Backend) -> str:
+    return "Vault (`--cache-ttl 1`)" if backend.kind == "vault" else backend.label
+
+
+def bench_events(root: Path, counts: Counts, backends: list[Backend], results: Results) -> None:
+    """Per store, one kernel-mode writable mount (the announcer needs a writable mount) with a real
+    inotify watch on a directory and two on-change actions: the default debounce (the
+    --on-change-exec flag) and debounce 0 with min_interval 0 (an --actions file). Each change is
+    awaited before the next, 0.3 s apart."""
+    debounce = default_debounce()
+    rounds = counts.events
+    for backend in backends:
+        label = events_label(backend)
+        names = {key: f"{EVENTS_DIR}/{key}" for key in ("store", "cli", "action-default", "action-zero")}
+        for name in names.values():
+            backend.put(name, "start")
+        stamps = {key: root / f"stamps-{backend.kind}-{key}" for key in ("action-default", "action-zero")}
+        actions = root / f"actions-{backend.kind}.toml"
+        actions.write_text(
+            "[[action]]\n"
+            f"secrets = [{json.dumps(names['action-zero'])}]\n"
+            f"exec = {json.dumps(stamp_argv(stamps['action-zero']))}\n"
+            "debounce = 0\n"
+            "min_interval = 0\n"
+        )
+        args = ["--cache-mode", "kernel", *(["--cache-ttl", "1"] if backend.kind == "vault" else [])]
+        args += ["--on-change-exec", f"{names['action-default']}={shlex.join(stamp_argv(stamps['action-default']))}"]
+        args += ["--actions", str(actions)]
+        timeout = 10.0 + debounce
+        with mounted(backend.instance, root / f"mnt-events-{backend.kind}", *args) as m:
+            for name in names.values():
+                warm_up(m.path / name)
+            watch = DirWatch(m.path / EVENTS_DIR)
+            try:
+                for key in ("store", "cli"):
+                    leaf = names[key].rsplit("/", 1)[1]
+                    lags = []
+                    for i in range(rounds):
+                        value = f"{key}-{i}-" + "v" * 48
+                        time.sleep(0.3)
+                        before = watch.count(leaf)
+                        if key == "store":
+                            changed = change_store(backend, names[key], value)
+                        else:
+                            changed = time.time()  # right before the CLI process starts
+                            backend.put(names[key], value)
+                        seen = watch.wait(leaf, before, timeout)
+                        lags.append(float("inf") if seen is None else max(0.0, seen - changed))
+                        if seen is not None and read_bytes(m.path / names[key]) != value.encode():
+                            results.events_stale += 1
+                    what = "store write" if key == "store" else "`secretfs put` started"
+                    results.events[f"{label}, {what} -> inotify event"] = lags
+            finally:
+                watch.close()
+            for key, shown in (
+                ("action-default", f"debounce {debounce:g} s, the default"),
+                ("action-zero", "debounce 0 s, min_interval 0 s"),
+            ):
+                lags = []
+                for i in range(rounds):
+                    value = f"{key}-{i}-" + "v" * 40
+                    time.sleep(0.3)
+                    before = len(read_stamps(stamps[key]))
+                    changed = change_store(backend, names[key], value)
+                    ran = wait_stamp(stamps[key], before, timeout)
+                    lags.append(float("inf") if ran is None else max(0.0, ran - changed))
+                results.events[f"{label}, store write -> on-change action ({shown})"] = lags
+        log(f"h {label}: {[(k, statistics.median(v)) for k, v in results.events.items() if k.startswith(label)]}")
 
 
 # ----- the report --------------------------------------------------------------------------------
@@ -847,6 +1065,8 @@ def render_report(results: Results, counts: Counts, mode: str, agent: tuple[floa
         for label, (stale, rounds, lags) in results.propagation.items():
             shown = "n/a (not awaited)" if stale is None else f"{stale} of {rounds}"
             out(f"| {label} | {shown} | {fmt(statistics.median(lags), 3)} | {fmt(max(lags), 3)} |")
+    if results.events or results.agent_command is not None:
+        render_events(results, counts, out)
     out("")
     out("**Targets**")
     out("")
@@ -909,6 +1129,51 @@ def render_report(results: Results, counts: Counts, mode: str, agent: tuple[floa
     return "\n".join(lines) + "\n"
 
 
+def fraction(a: float | None, b: float | None) -> str:
+    """ratio(), with a ratio below 0.001 shown as 1/N (N: how many times longer b is)."""
+    if a and b and a == a and b == b and a != float("inf") and a / b < 0.001:
+        return f"1/{b / a:,.0f}"
+    return ratio(a, b)
+
+
+def render_events(results: Results, counts: Counts, out: Callable[[str], None]) -> None:
+    out("")
+    out(
+        "**h. Telling applications** (kernel mode, writable mount; ms from a change outside the mount until "
+        "an inotify watch on the secret's directory gets IN_CLOSE_WRITE for the file, or until an on-change "
+        f"action's command ran; {counts.events} changes per row)"
+    )
+    out("")
+    out("| path | median ms | max ms | vs OpenBao Agent command |")
+    out("|---|---:|---:|---:|")
+    agent = results.agent_command
+    agent_ms = agent[0] * 1000 if agent is not None and agent[0] is not None else None
+    # the agent took longer than it was waited for: the ratio is below the one against the wait
+    waited_ms = agent[1] * 1000 if agent is not None and agent_ms is None else None
+    for label, lags in results.events.items():
+        med = statistics.median(lags) * 1000 if lags else None
+        worst = max(lags) * 1000 if lags else None
+        versus = "< " + fraction(med, waited_ms) if waited_ms is not None else fraction(med, agent_ms)
+        out(f"| {label} | {fmt(med)} | {fmt(worst)} | {versus} |")
+    if agent is not None:
+        shown = fmt(agent_ms) if agent_ms is not None else f"not within {agent[1]:.0f} s"
+        out(f"| OpenBao Agent, template `exec` command, default settings | {shown} | {shown} | 1.00x |")
+    out("")
+    out(
+        "A store write is made by another process: for SQLite and PostgreSQL secretfs's own store layer "
+        "(timed from its commit), for Vault `bao kv put` (timed from the server's `created_time`). "
+        "`secretfs put` started is timed from just before the CLI process is started, so it includes the "
+        "CLI's start-up. An action's time is the one its command (`/bin/sh -c 'date +%s.%N >> FILE'`) "
+        "wrote. The OpenBao Agent command is the same `sh -c date`, run by the agent's template `exec` "
+        "after it re-rendered a secret changed in Vault at the start of the run (the agent of section f)."
+        + (
+            f" {results.events_stale} read(s) right after an event did not yet return the new value."
+            if results.events_stale
+            else " Every read right after an event returned the new value."
+        )
+    )
+
+
 def write_doc(report: str) -> None:
     text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
@@ -928,7 +1193,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller counts; scale to 10k; short agent wait")
     size.add_argument("--smoke", action="store_true", help="seconds: SQLite only, tiny counts (the test suite's mode)")
-    parser.add_argument("--sections", default="abcdefg", help="which sections to run (default: abcdefg)")
+    parser.add_argument("--sections", default="abcdefgh", help="which sections to run (default: abcdefgh)")
     parser.add_argument("--scale", default="", help="comma-separated secret counts for section c")
     parser.add_argument("--stores", default="", help="comma-separated: sqlite,pg,vault (default: all; smoke: sqlite)")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/performance.md")
@@ -967,7 +1232,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(bao.stop)
             backends.append(vault_backend(root, bao))
         agent: AgentRun | None = None
-        if bao is not None and "f" in sections and counts.agent_wait > 0:
+        if bao is not None and ("f" in sections or "h" in sections) and counts.agent_wait > 0:
             agent = AgentRun(root, bao, backends[-1])
             stack.callback(agent.stop)
             agent.start()
@@ -975,7 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
             log("a/d: warm reads and concurrency")
             bench_warm(root, client, counts, backends, results, with_threads="d" in sections)
         pg: Backend | None = None
-        if "pg" in stores and ("b" in sections or "g" in sections):
+        if "pg" in stores and ("b" in sections or "g" in sections or "h" in sections):
             from tests.support.pg import postgres_server
 
             pg = pg_backend(root, stack.enter_context(postgres_server()))
@@ -991,11 +1256,18 @@ def main(argv: list[str] | None = None) -> int:
         if "f" in sections:
             log("f: freshness")
             bench_fresh(root, counts, backends, results)
-            if agent is not None:
-                agent_result = agent.result(counts.agent_wait)
         if "g" in sections:
             log("g: propagation")
             bench_propagation(root, counts, backends[:1] + ([pg] if pg else []) + backends[1:], results)
+        if "h" in sections:
+            log("h: telling applications (inotify events, on-change actions)")
+            bench_events(root, counts, backends[:1] + ([pg] if pg else []) + backends[1:], results)
+        if agent is not None:  # one agent, one wait, collected after every section: f's render, h's command
+            waited = agent.result(counts.agent_wait)
+            if "f" in sections:
+                agent_result = waited
+            if "h" in sections:
+                results.agent_command = agent.command_result()
     report = render_report(results, counts, mode, agent_result)
     print(report)
     if not args.no_doc:

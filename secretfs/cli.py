@@ -280,12 +280,45 @@ def main() -> None:
     default=None,
     help="Daemon log (background mounts).",
 )
+@click.option(
+    "--actions",
+    "actions_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run the on-change actions of this TOML file (root-owned, not writable by others; docs/systemd.md).",
+)
+@click.option(
+    "--on-change-exec",
+    multiple=True,
+    metavar="'GLOB=COMMAND ARGS'",
+    help="When a secret matching GLOB changes, run COMMAND (split like a shell would, run without one).",
+)
+@click.option(
+    "--on-change-signal",
+    multiple=True,
+    metavar="'GLOB=PIDFILE[:SIGNAL]'",
+    help="When a secret matching GLOB changes, signal the process in PIDFILE (default SIGHUP).",
+)
+@click.option(
+    "--on-change-reload",
+    multiple=True,
+    metavar="'GLOB=UNIT'",
+    help="When a secret matching GLOB changes, run `systemctl reload UNIT`.",
+)
 @click.option("--debug", is_flag=True, help="libfuse debug output (implies --foreground).")
 @common_options
 def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path | None, **kw: Any) -> None:
     """Mount the secrets at MOUNTPOINT; returns once the mount is live unless -f."""
     from secretfs import background, daemon
+    from secretfs.actions_config import actions_from_options
 
+    actions = actions_from_options(
+        actions_file=kw["actions_file"],
+        exec_flags=kw["on_change_exec"],
+        signal_flags=kw["on_change_signal"],
+        reload_flags=kw["on_change_reload"],
+        allow_unsafe=settings.allow_unsafe_data_dir,
+    )
     if (kw["uid"] >= 0 or kw["gid"] >= 0) and not kw["allow_other"]:
         log.warning(
             "--uid/--gid without --allow-other: only the mounting user can enter the mount, "
@@ -306,6 +339,7 @@ def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path
         allow_other=kw["allow_other"],
         freshness=FreshnessPolicy(cache_mode=kw["cache_mode"], ttl=kw["cache_ttl"], max_stale=kw["max_stale"]),
         debug=kw["debug"],
+        actions=actions,
     )
     if foreground or kw["debug"]:
         sys.exit(daemon.run_foreground(settings, options))
@@ -668,3 +702,55 @@ def rotate_key(settings: Settings, as_json: bool) -> None:
             f"{result.already_current} already current; {result.plaintext_encrypted} plaintext row(s) encrypted; "
             f"key canary {'refreshed' if result.canary_refreshed else 'already current'}"
         )
+
+
+from secretfs.watch import WatchCommand  # the command's `--` split (CMD ARGS)
+
+
+@main.command(cls=WatchCommand)
+@click.argument("patterns", nargs=-1, required=True, metavar="NAME|GLOB... [-- CMD ARGS...]")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per name: name, change, time.")
+@click.option(
+    "--wait-timeout",
+    type=Seconds(positive=True),
+    default=None,
+    help=f"Without CMD: give up after this many seconds with no change (exit {errors.EXIT_TIMEOUT}).",
+)
+@click.option(
+    "--interval",
+    type=Seconds(),
+    default=DEFAULTS.ttl,
+    show_default=True,
+    help="Also poll the store every this many seconds (0: only news from the store and this host's writers).",
+)
+@common_options
+def watch(
+    settings: Settings, patterns: tuple[str, ...], as_json: bool, wait_timeout: float | None, interval: float
+) -> None:
+    """Wait until a secret matching NAME or GLOB changes (added, changed, removed): print the names of
+    that change, one per line, and exit 0. With `-- CMD ARGS`, run CMD (no shell) once per change,
+    one run at a time, until stopped; it gets SECRETFS_CHANGED (the names, one per line) and
+    SECRETFS_CHANGE_KINDS (JSON, name to kind), never a value, and none of the ARCHESTRA_*,
+    *ENCRYPTION_KEY* or *VAULT_TOKEN* variables. Only changes after the start count; the same value
+    put again is no change. GLOB is fnmatch-style over the full name: `*` also matches `/`.
+
+    \b
+    Exit codes: 0 a change was printed, or stopped by SIGINT/SIGTERM;
+    8 --wait-timeout passed with no change; 2 usage; 3 configuration;
+    4 backend unavailable at the start; 5 key mismatch. See docs/watch.md.
+    """
+    from secretfs import watch as watching
+
+    command = watching.command_of(click.get_current_context())
+    if command:
+        if wait_timeout is not None:
+            raise click.UsageError("--wait-timeout applies only without CMD")
+        watching.check_command(command)
+    for pattern in patterns:
+        check_name(pattern)
+        if not pattern:
+            raise click.UsageError("an empty NAME matches nothing")
+        if not watching.is_glob(pattern):
+            render.check_new_name(pattern)
+    options = watching.WatchOptions(patterns, as_json, wait_timeout, interval, command)
+    sys.exit(watching.run(with_key(settings, generate=False), options))

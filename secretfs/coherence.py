@@ -85,6 +85,11 @@ class Coherence:
         # Set once the session runs: (parent ino, name) -> drop that entry; ino -> drop attrs/pages.
         self.invalidate_entry: Callable[[int, str], int] | None = None
         self.invalidate_inode: Callable[..., int] | None = None
+        self.notify_delete: Callable[[int, int, str], int] | None = None  # (parent, child, name)
+        # Set by the daemon: news that secrets may have changed (names, or None: any), for the
+        # change feed that decides which really did (secretfs.changes, secretfs.announce).
+        self.news: Callable[[Sequence[str] | None], None] | None = None
+        self.store_news: Callable[[Sequence[str] | None], None] | None = None  # the same, from the store's watcher
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,16 +124,27 @@ class Coherence:
 
     # ----- retiring nodes ----------------------------------------------------------------------------
 
-    def retire(self, node: Node, *, wait: bool = False) -> None:
-        """The value behind node's name changed: the name no longer leads to it."""
+    def retire(self, node: Node, *, wait: bool = False, gone: bool = False) -> None:
+        """The value behind node's name changed (`gone`: the secret was removed): the name no
+        longer leads to it.
+
+        A replaced node stays linked (a watch on the file keeps hearing of later values); a removed
+        one is deleted in the kernel too (its link count drops to 0 there at once).
+        """
         name = node.name
         if name is None or self.nodes.current(name) is not node:
             return
-        self.nodes.detach(name)
+        self.nodes.detach(name, replaced=not gone)
         send = self.invalidate_inode
-        if send is not None:  # its link count is 0 now (its pages stay right: its bytes never change)
+        if send is not None:  # its attributes may have changed (its pages not: its bytes never change)
             self.notifier.submit(lambda: send(node.ino, pages=False))
-        self.drop_entry(name, wait=wait)
+        delete = self.notify_delete
+        parent = self.nodes.current(name.rpartition("/")[0])
+        if gone and delete is not None and parent is not None:
+            base = name.rpartition("/")[2]
+            self.notifier.submit(lambda: delete(parent.ino, node.ino, base), wait=wait)
+        else:
+            self.drop_entry(name, wait=wait)
 
     def drop_entry(self, name: str, *, wait: bool = False) -> None:
         """Have the kernel forget its directory entry for name (it looks the name up again)."""
@@ -153,6 +169,12 @@ class Coherence:
         Returns once the kernel has dropped the entries of those that changed, so the writer that
         told us knows this mount serves the new state.
         """
+        self._tell_news(None if ALL in names else names)
+        self.settle(names)
+
+    def settle(self, names: Sequence[str]) -> None:
+        """Retire the current nodes of these secrets (`ALL`: of any) whose value changed, and return
+        once the kernel has dropped their entries."""
         if ALL in names:
             self.cache.invalidate_all()
             self.check()
@@ -166,8 +188,14 @@ class Coherence:
                     self._retire_changed(snapshot)
         self.notifier.submit(lambda: None, wait=True)
 
+    def _tell_news(self, names: Sequence[str] | None) -> None:
+        if self.news is not None:
+            self.news(names)
+
     def _store_changed(self, names: Sequence[str] | None) -> None:
         """The store's own change report: names (PostgreSQL notifications), or None (SQLite watcher)."""
+        if self.store_news is not None:
+            self.store_news(names)
         if names is None:
             self.poke()
         else:
@@ -211,16 +239,19 @@ class Coherence:
         for node, commits in snapshot:
             if node.name is None:
                 continue
+            gone = False
             try:
                 resolved = self.view.resolve(node.name)
             except BackendUnavailable:
                 continue
-            except SecretfsError:  # gone, or no longer readable: the next lookup reports which
+            except NotFound:
+                resolved, gone = None, True
+            except SecretfsError:  # no longer readable: the next lookup reports why
                 resolved = None
             if node.busy or node.commits != commits:
                 continue
             if resolved is None or resolved.is_dir or not node.same_as(resolved.content):
-                self.retire(node)
+                self.retire(node, gone=gone)
                 changed += 1
         return changed
 

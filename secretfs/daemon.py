@@ -14,15 +14,23 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from secretfs import control, mounts, notify
+from secretfs.actions import Action
 from secretfs.background import ready_pipe_callback
 from secretfs.coherence import Coherence
 from secretfs.config import Settings
 from secretfs.errors import ConfigError, SecretfsError
 from secretfs.freshness import DEFAULTS, FreshnessPolicy
+from secretfs.reactions import Reactions
 from secretfs.shutdown import Shutdown
 from secretfs.view import ViewOptions
+
+if TYPE_CHECKING:
+    from secretfs.fuse_ops import SecretFS
+    from secretfs.fusebind import Session
+    from secretfs.stores.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ class MountOptions:
     allow_other: bool = False
     freshness: FreshnessPolicy = DEFAULTS
     debug: bool = False
+    actions: tuple[Action, ...] = ()  # on-change actions (secretfs.actions)
 
 
 def recover_stale(path: Path) -> bool:
@@ -120,6 +129,22 @@ def _control(settings: Settings, coherence: Coherence) -> control.ControlServer 
     return server
 
 
+def _connect(
+    session: Session, operations: SecretFS, store: Store, options: MountOptions, *, announce: bool
+) -> Reactions:
+    """Give coherence the session's kernel notifications, and start what reacts to changes."""
+    coherence = operations.coherence
+    coherence.invalidate_entry = session.invalidate_entry
+    coherence.invalidate_inode = session.invalidate_inode
+    coherence.notify_delete = session.notify_delete
+    mountpoint = options.mountpoint.absolute() if announce else None
+    reactions = Reactions(store, coherence, options.freshness, mountpoint=mountpoint, actions=options.actions)
+    operations.announcer = reactions.announcer
+    operations.status_parts["changes"] = reactions.status
+    reactions.start()
+    return reactions
+
+
 def run_foreground(settings: Settings, options: MountOptions) -> int:
     """Mount and serve until unmounted or signalled; return the exit code."""
     from secretfs import hardening
@@ -155,9 +180,8 @@ def run_foreground(settings: Settings, options: MountOptions) -> int:
     if read_only:
         fuse_options.append("ro")
     session = Session(operations, str(mountpoint), fuse_options, debug=options.debug)
-    operations.coherence.invalidate_entry = session.invalidate_entry
-    operations.coherence.invalidate_inode = session.invalidate_inode
     control = _control(settings, operations.coherence)
+    reactions = _connect(session, operations, store, options, announce=not read_only)
     shutdown = Shutdown(mountpoint, live, stop)
     shutdown.install()
     try:
@@ -172,6 +196,7 @@ def run_foreground(settings: Settings, options: MountOptions) -> int:
         shutdown.send_stopping(f"unmounted {mountpoint}")
         if control is not None:
             control.close()
+        reactions.stop()
         store.close()
     if shutdown.lazy:
         log.info("detached %s lazily", mountpoint)

@@ -35,6 +35,7 @@ EXIT_BACKEND = 4
 EXIT_KEY = 5
 EXIT_NOT_FOUND = 6
 EXIT_REFUSED = 7
+EXIT_TIMEOUT = 8  # `secretfs watch --wait-timeout`: nothing changed in time
 
 
 class SecretfsError(Exception):

@@ -10,9 +10,11 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from secretfs import errors, render
+from secretfs.announce import Announcer
 from secretfs.coherence import Coherence
 from secretfs.fusebind import (
     CAP_ATOMIC_O_TRUNC,
@@ -39,6 +41,13 @@ class SecretFS:
         self.policy = coherence.policy
         self.read_only = self.view.options.read_only or self.view.store.read_only
         self.files = OpenFiles(coherence)
+        self.announcer: Announcer | None = None  # set by the daemon on a writable mount
+        self.status_parts: dict[str, Callable[[], Any]] = {}  # more of `runtime_status`, by key
+
+    def _announcing(self) -> bool:
+        """A request of the announcer (secretfs.announce): it opens, truncates and closes to make the
+        kernel tell inotify watchers, and nothing it does changes anything."""
+        return self.announcer is not None and self.announcer.is_me()
 
     # ----- helpers -------------------------------------------------------------------------------------
 
@@ -51,12 +60,13 @@ class SecretFS:
             attr = self.view.dir_attr(node.mtime).as_stat()
         else:
             attr = self.view.file_attr(len(node.content), node.mtime, node.ctime).as_stat()
-            attr["st_nlink"] = 0 if node.name is None else 1
+            attr["st_nlink"] = node.nlink
         attr["st_ino"] = node.ino
         return attr
 
-    def _entry(self, node: Node) -> Entry:
-        return Entry(node.ino, self._attr(node), self.policy.attr_timeout, self.policy.entry_timeout)
+    def _entry(self, node: Node, *, entry_timeout: float | None = None) -> Entry:
+        timeout = self.policy.entry_timeout if entry_timeout is None else entry_timeout
+        return Entry(node.ino, self._attr(node), self.policy.attr_timeout, timeout)
 
     def _dir(self, ino: int) -> str:
         node = self.nodes.get(ino)
@@ -99,7 +109,17 @@ class SecretFS:
     # ----- metadata -----------------------------------------------------------------------------------
 
     def lookup(self, parent: int, name: str) -> Entry:
-        return self._entry(self.coherence.lookup(self._path(parent, name)))
+        path = self._path(parent, name)
+        pretend = self.announcer.pretend(path) if self.announcer is not None else None
+        if pretend == "absent":
+            raise errors.NotFound(path)  # the announcer's open creates it: IN_CREATE
+        if pretend == "present" and self.announcer is not None:  # a removed file, until the announcer unlinks it
+            self.announcer.stand_in = self.nodes.stand_in(path)
+            if self.announcer.stand_in is not None:  # else made again meanwhile: as it is
+                # Valid for no time: another process's path walk must not find it in the dcache
+                # and open it; it looks the name up itself, and waits for the unlink.
+                return self._entry(self.announcer.stand_in, entry_timeout=0.0)
+        return self._entry(self.coherence.lookup(path))
 
     def forget(self, ino: int, nlookup: int) -> None:
         self.nodes.forget(ino, nlookup)
@@ -109,6 +129,8 @@ class SecretFS:
 
     def setattr(self, ino: int, change: SetAttr, fh: int | None) -> tuple[dict[str, int], float]:
         node = self.nodes.get(ino)
+        if self._announcing():
+            return self._attr(node), self.policy.attr_timeout
         self._refuse_if_read_only()
         attr = self._attr(node)
         if change.mode is not None and change.mode != attr["st_mode"] & 0o7777:
@@ -148,7 +170,9 @@ class SecretFS:
             raise FuseError(errno.ENOSYS)
         node = self._file(ino)
         writable = fi.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
-        if writable:
+        if self._announcing():
+            writable = False  # no write handle: its truncate and close change nothing
+        elif writable:
             self._refuse_if_read_only()
             if not fi.flags & os.O_TRUNC and not self.coherence.verify(node):
                 # The value changed elsewhere since the kernel looked this name up: ESTALE makes
@@ -159,6 +183,10 @@ class SecretFS:
     def create(self, parent: int, name: str, mode: int, fi: Any) -> Entry:
         self._refuse_if_read_only()
         path = self._path(parent, name)
+        if self._announcing():  # the file exists: the kernel is told it was created (IN_CREATE)
+            node = self.coherence.lookup(path)
+            self._open_handle(node, fi, writable=False)
+            return self._entry(node)
         self.view.check_creatable(path)
         try:
             node = self.coherence.lookup(path)
@@ -197,6 +225,11 @@ class SecretFS:
         self._refuse_if_read_only()
         path = self._path(parent, name)
         node = self.nodes.current(path)
+        if self.announcer is not None and self._announcing():
+            if node is None or node is not self.announcer.stand_in:
+                raise errors.NotFound(path)  # made again meanwhile: the kernel keeps it
+            self.nodes.detach(path)  # removed elsewhere already: the kernel is told (IN_DELETE)
+            return
         if node is None or not node.created:
             self.view.unlink("/" + path)
             self.coherence.wrote(self.view.secret_of(path))
@@ -277,6 +310,7 @@ class SecretFS:
             "nodes": len(self.nodes),
             "health": self.coherence.cache.health.as_dict(),
         }
+        state.update((key, part()) for key, part in self.status_parts.items())
         return {**state, **hardening.state()}
 
     def getxattr(self, ino: int, name: str) -> bytes:

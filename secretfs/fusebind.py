@@ -220,6 +220,7 @@ _loop_cfg_idle_threads = _declare("fuse_loop_cfg_set_idle_threads", None, ctypes
 _loop_mt = _declare("fuse_session_loop_mt_312", _INT, ctypes.c_void_p, ctypes.c_void_p)
 _inval_inode = _declare("fuse_lowlevel_notify_inval_inode", _INT, ctypes.c_void_p, ino_t, _OFF, _OFF)
 _inval_entry = _declare("fuse_lowlevel_notify_inval_entry", _INT, ctypes.c_void_p, ino_t, ctypes.c_char_p, _SIZE)
+_notify_delete = _declare("fuse_lowlevel_notify_delete", _INT, ctypes.c_void_p, ino_t, ino_t, ctypes.c_char_p, _SIZE)
 
 
 def libfuse_version() -> tuple[int, int]:
@@ -335,6 +336,13 @@ class Session:
         se = self._se
         raw = _encode(name)
         return int(_inval_entry(se, parent, raw, len(raw))) if se else -errno.ENOTCONN
+
+    def notify_delete(self, parent: int, child: int, name: str) -> int:
+        """The file parent/name (inode child) is gone: the kernel drops its entry and tells inotify
+        watchers (IN_DELETE on the directory, IN_DELETE_SELF on the file), where it holds the entry."""
+        se = self._se
+        raw = _encode(name)
+        return int(_notify_delete(se, parent, child, raw, len(raw))) if se else -errno.ENOTCONN
 
     # ----- requests ----------------------------------------------------------------------------------
 

@@ -37,12 +37,22 @@ class Node:
     commits: int = 0  # commits through this node (a release must not undo a later commit)
     nlookup: int = 0
     writers: int = 0  # open write handles
+    former: str | None = None  # the name a node replaced by a newer value had (it still counts as linked)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def content(self) -> bytes | bytearray:
         """What reads see: the pending content while there is one, else the version."""
         return self.version if self.pending is None else self.pending
+
+    @property
+    def nlink(self) -> int:
+        """1 while the node has a name, or stands for an older value of one; 0 once unlinked.
+
+        A node replaced by a newer value (`Nodes.detach(replaced=True)`) keeps its link: the kernel
+        then never tells an inotify watch of the file that it was deleted, so the watch keeps
+        hearing of later values (secretfs.announce)."""
+        return 0 if self.name is None and self.former is None else 1
 
     @property
     def busy(self) -> bool:
@@ -76,6 +86,7 @@ class Nodes:
     _by_name: dict[str, Node] = field(default_factory=dict)
     _next: int = ROOT_INO + 1
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _replaced: dict[str, list[Node]] = field(default_factory=dict)  # former name -> nodes the kernel holds
 
     def __post_init__(self) -> None:
         root = Node(ROOT_INO, "", True, mtime=time.time(), ctime=time.time(), nlookup=1)
@@ -107,6 +118,20 @@ class Nodes:
             old = self._by_name.get(name)
             if old is not None:
                 old.name = None
+                if not old.is_dir and not is_dir:  # a newer value: the old node stays linked
+                    old.former = name
+                    self._replaced.setdefault(name, []).append(old)
+            self._by_name[name] = node
+            return node
+
+    def stand_in(self, name: str) -> Node | None:
+        """A new empty file node for name if no node is current for it (else None); looked up once."""
+        with self._lock:
+            if name in self._by_name:
+                return None
+            node = Node(self._next, name, False, b"", time.time(), time.time(), nlookup=1)
+            self._next += 1
+            self._by_ino[node.ino] = node
             self._by_name[name] = node
             return node
 
@@ -118,14 +143,22 @@ class Nodes:
             if self._by_ino.setdefault(node.ino, node) is node and node.name is not None:
                 self._by_name.setdefault(node.name, node)
 
-    def detach(self, name: str) -> Node | None:
-        """name no longer points to its node (unlink, or the value changed elsewhere)."""
+    def detach(self, name: str, *, replaced: bool = False) -> Node | None:
+        """name no longer points to its node: unlinked, or (`replaced`) its value changed elsewhere."""
         with self._lock:
             node = self._by_name.pop(name, None)
             if node is not None:
                 node.name = None
+                if replaced:
+                    node.former = name
+                    self._replaced.setdefault(name, []).append(node)
                 self._drop_if_unused(node)
             return node
+
+    def replaced(self, name: str) -> list[Node]:
+        """The nodes of older values of name that the kernel still holds (an inotify watch pins one)."""
+        with self._lock:
+            return list(self._replaced.get(name, ()))
 
     def detach_below(self, prefix: str) -> None:
         """Detach every name under a directory (it moved or went away)."""
@@ -168,6 +201,10 @@ class Nodes:
         self._by_ino.pop(node.ino, None)
         if node.name is not None and self._by_name.get(node.name) is node:
             del self._by_name[node.name]
+        if node.former is not None and (older := self._replaced.get(node.former)) is not None:
+            older[:] = [n for n in older if n is not node]
+            if not older:
+                del self._replaced[node.former]
 
     def files(self) -> list[Node]:
         """The current file nodes with nothing pending (what a change check re-reads)."""

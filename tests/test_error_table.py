@@ -151,7 +151,7 @@ def test_readme_exit_code_table_lists_every_code() -> None:
     documented = {code for _, code in readme_exit_codes()}
     used = {cls.exit_code for cls in CLASSES}
     assert used <= documented, f"README's exit-code table lacks {sorted(used - documented)}"
-    assert documented == set(range(8))
+    assert documented == set(range(9))
 
 
 @pytest.mark.parametrize("cls", _by_name(ERRNO_CONDITIONS), ids=_name)
@@ -169,4 +169,4 @@ def test_readme_exit_code_agrees(cls: type[errors.SecretfsError]) -> None:
 
 def test_exit_code_constants_are_the_documented_codes() -> None:
     constants = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
-    assert sorted(constants.values()) == list(range(8))
+    assert sorted(constants.values()) == list(range(9))

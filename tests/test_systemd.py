@@ -150,7 +150,7 @@ def test_unit_settings(unit: str) -> None:
     # Hardening that keeps FUSE working.
     assert service["DeviceAllow"] == ["/dev/fuse rw"]
     assert service["DevicePolicy"] == ["closed"]
-    assert service["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"]
+    assert service["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN CAP_DAC_READ_SEARCH"]
     assert service["NoNewPrivileges"] == ["yes"]
     assert service["LimitCORE"] == ["0"]
     # Left out, each named in a comment saying why.
