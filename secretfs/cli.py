@@ -236,6 +236,9 @@ def display_name(name: str) -> str:
 @click.version_option(__version__, prog_name="secretfs")
 def main() -> None:
     """secretfs: secrets as files, decrypted or fetched at read time."""
+    from secretfs import hardening
+
+    hardening.protect_process()  # every command may hold a key or a value: no core file, no ptrace
 
 
 @main.command()

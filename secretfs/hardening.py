@@ -14,6 +14,7 @@ The recorded state (state()) holds flags and error names only, never a value.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -80,6 +81,14 @@ def _mlockall() -> dict[str, Any]:
         if code != errno.EINVAL:
             return {"ok": False, "detail": f"failed: {_errname(code)}"}
     return {"ok": False, "detail": f"failed: {_errname(errno.EINVAL)}"}
+
+
+def protect_process() -> None:
+    """What a command that handles values needs (put, get, watch, migrate, ...): not dumpable (no
+    ptrace by the same user, no /proc/PID/mem), and no core file. Silent; the daemon uses apply()."""
+    _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def apply() -> dict[str, Any]:

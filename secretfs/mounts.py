@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -123,6 +124,18 @@ def run_bounded(func: Callable[[], T], timeout: float) -> T | None:
     return result[0] if result else None
 
 
+# The environment of the tools secretfs runs itself (ls, fusermount3): nothing of the caller's (no
+# key variable, no token), and a PATH of system directories only, so a program named like a tool
+# early in the caller's PATH is never run.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CHILD_ENV = {"PATH": SYSTEM_PATH, "LC_ALL": "C"}
+
+
+def _tool(name: str) -> str:
+    """The system's program of that name (the name itself if none: the run then fails cleanly)."""
+    return shutil.which(name, path=SYSTEM_PATH) or name
+
+
 def is_live_from_child(mountpoint: str | Path, timeout: float = 10.0) -> bool:
     """Like is_live, but the listing is made by a child process (`ls`).
 
@@ -135,7 +148,8 @@ def is_live_from_child(mountpoint: str | Path, timeout: float = 10.0) -> bool:
         return False
     try:
         result = subprocess.run(
-            ["ls", "-A", "--", os.path.abspath(mountpoint)],
+            [_tool("ls"), "-A", "--", os.path.abspath(mountpoint)],
+            env=CHILD_ENV,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -165,7 +179,9 @@ def wait_until_live(mountpoint: str | Path, timeout: float, *, alive: object = N
 
 def unmount(mountpoint: str | Path, *, lazy: bool = False) -> subprocess.CompletedProcess[str]:
     """fusermount3 -u (and -z when lazy); on failure its stderr names the reason ("Device or resource busy")."""
-    args = ["fusermount3", "-u"]
+    args = [_tool("fusermount3"), "-u"]
     if lazy:
         args.append("-z")
-    return subprocess.run([*args, "--", os.path.abspath(mountpoint)], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [*args, "--", os.path.abspath(mountpoint)], env=CHILD_ENV, capture_output=True, text=True, check=False
+    )

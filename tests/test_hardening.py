@@ -144,3 +144,52 @@ def test_mlockall_not_permitted_is_reported_and_the_mount_works(instance: Instan
         assert "CAP_IPC_LOCK" in report["mlockall"]["detail"] and "65536" in report["mlockall"]["detail"]
         assert report["dumpable"] is False  # the rest of the hardening does not depend on it
         assert proc_field(proc.pid, "Max core file size", "limits").split()[4:6] == ["0", "0"]
+
+
+def test_cli_commands_that_handle_values_are_hardened_too(instance: Instance, tmp_path: Path) -> None:
+    """`secretfs put` waiting for its value on stdin: not dumpable and no core file, like the daemon
+    (`ulimit -c unlimited` and a SIGABRT must not write the value it holds to a core file)."""
+    proc = subprocess.Popen(
+        [*NO_PTRACE, "prlimit", "--core=unlimited", *SECRETFS, "put", "held"],
+        env=instance.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"a value in memory")
+        proc.stdin.flush()
+        # prlimit execs secretfs: the pid is the CLI's once its limits say so.
+        wait_until(lambda: proc_field(proc.pid, "Max core file size", "limits").split()[4:6] == ["0", "0"], 30)
+        assert can_open_mem(proc.pid) in (errno.EACCES, errno.EPERM)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert instance.cli("get", "held").stdout == b"a value in memory"
+
+
+def test_children_get_no_caller_environment_and_no_path_lookup(instance: Instance, tmp_path: Path) -> None:
+    """A fake `ls` and `fusermount3` early in PATH are never run (the readiness probe and unmount use
+    the system's), and the tools secretfs runs get no key variable."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ran = tmp_path / "ran"
+    for tool in ("ls", "fusermount3"):
+        fake = bin_dir / tool
+        fake.write_text(f"#!/bin/sh\nenv > {ran}.{tool}\nexit 1\n")
+        fake.chmod(0o755)
+    instance.env["PATH"] = f"{bin_dir}:{instance.env.get('PATH', '/usr/bin:/bin')}"
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    started = instance.cli("mount", str(mountpoint))  # background: waits for the readiness probe
+    try:
+        assert mounts.is_live(mountpoint), started.stderr
+        assert instance.cli("umount", str(mountpoint)).returncode == 0
+        assert mounts.find_mount(mountpoint) is None
+    finally:
+        force_unmount(mountpoint)
+    assert not list(tmp_path.glob("ran.*")), [p.read_text() for p in tmp_path.glob("ran.*")]
