@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from secretfs.config import Settings, VaultSettings
-from secretfs.errors import AccessDenied, InvalidName, NotFound, ReadOnly
+from secretfs.errors import AccessDenied, InvalidName, NotFound, ReadOnly, VaultRejected
 from secretfs.stores.base import NO_CAPABILITIES, Capabilities, DirListing, SecretMeta, SecretRecord
 from secretfs.stores.vault_auth import VaultAuth
 from secretfs.stores.vault_http import api_path, call, make_adapter
@@ -202,13 +202,44 @@ class VaultStore:
         self._created.pop(name, None)
 
     def rename(self, old: str, new: str) -> None:
-        """Write the value under the new name, then delete the old one (Vault has no transactions)."""
+        """Write the value under the new name, then delete the old one (Vault has no transactions).
+
+        The token's capabilities are checked first, so a rename it may not finish (no `delete`)
+        fails before anything is written: a failed rename has no side effect.
+        """
         self._require_writable()
         record = self.read(old)
         if old == new:
             return
+        delete_from = self.metadata_prefix if self.kv_version == 2 and self.metadata_prefix else self.prefix
+        self._require_capabilities(
+            {f"{self.prefix}/{new}": ("create", "update"), f"{delete_from}/{old}": ("delete",)},
+            f"renaming {old!r} to {new!r}",
+        )
         self.write(new, record.value)
         self.delete(old)
+
+    def _require_capabilities(self, wanted: Mapping[str, tuple[str, ...]], what: str) -> None:
+        """AccessDenied unless the token has, on each path, one of the capabilities named (any of
+        them: Vault asks for `create` or `update` depending on whether the path exists)."""
+        try:
+            body = call(
+                self._adapter,
+                "post",
+                api_path("sys/capabilities-self"),
+                token=self.auth.token(),
+                what=f"checking the token's rights for {what}",
+                json={"paths": list(wanted)},
+            )
+        except (AccessDenied, NotFound, VaultRejected):
+            return  # the token may not ask: the requests themselves will tell
+        granted = {**(body or {}), **((body or {}).get("data") or {})}
+        for path, needed in wanted.items():
+            have = set(granted.get(path) or [])
+            if "root" in have or "sudo" in have:
+                continue
+            if not have.intersection(needed):
+                raise AccessDenied(f"Vault denied {what}: the token lacks {' or '.join(needed)} on {path}")
 
     # ----- status ---------------------------------------------------------------------------------
 
@@ -245,8 +276,40 @@ def open_vault_store(
     store = VaultStore(settings.vault, read_only=read_only, clock=clock)
     try:
         store.auth.token()
+        check_kv_version(store)
     except BaseException:
         store.close()
         raise
     store.auth.start_renewer()
     return store
+
+
+def check_kv_version(store: VaultStore) -> None:
+    """Refuse a KV version that does not match the secrets engine the path is on (the server says
+    which: sys/internal/ui/mounts). Against a KV v1 engine, v2 paths read nothing and writes store
+    `{"data": ...}` wrappers; against v2, v1 paths are refused. Where the server does not say (a
+    token that may not ask, an old server), nothing is checked."""
+    from secretfs.errors import ConfigError, SecretfsError
+
+    try:
+        body = call(
+            store._adapter,
+            "get",
+            api_path("sys/internal/ui/mounts", store.prefix),
+            token=store.auth.token(),
+            what="asking which secrets engine holds the path",
+        )
+    except (AccessDenied, NotFound, VaultRejected):
+        return
+    except SecretfsError:
+        raise
+    data = (body or {}).get("data") or {}
+    if data.get("type") not in ("kv", "generic"):
+        return
+    actual = str((data.get("options") or {}).get("version") or "1")
+    if actual != str(store.kv_version):
+        mount = str(data.get("path") or "").strip("/") or store.prefix
+        raise ConfigError(
+            f"ARCHESTRA_HASHICORP_VAULT_KV_VERSION={store.kv_version}, but the secrets engine at {mount}/ "
+            f"is KV version {actual}; set ARCHESTRA_HASHICORP_VAULT_KV_VERSION={actual}"
+        )
