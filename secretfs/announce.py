@@ -5,7 +5,7 @@ another mount, another host or Vault reaches this mount as a new node (secretfs.
 application watching the file or its directory would hear nothing. The announcer makes the kernel
 produce the events a write through the mount would have made. For each secret whose value really
 changed (secretfs.changes decides), once coherence has moved its name to the new node, the
-announcer's own thread:
+announcer (its thread, through its worker process):
 
 - opens the file through the mount for writing, truncates it to its own size and closes it: IN_OPEN,
   IN_MODIFY and IN_CLOSE_WRITE for the watches of the directory (with the file's name) and of the
@@ -15,22 +15,26 @@ announcer's own thread:
   keeps hearing of every later value;
 - for a secret that appeared in a directory the kernel holds, creates it: IN_CREATE first.
 
-The filesystem recognises the announcer's requests by its thread (`is_me`) and changes nothing for
-them. A secret that went away is deleted by a kernel notification instead (coherence: IN_DELETE).
+The filesystem recognises the announcer's requests by the worker's pid (`is_me`) and changes
+nothing for them. A secret that went away is unlinked by the worker (its lookup gets a stand-in
+node that the unlink drops): IN_DELETE.
 
-It never runs on a request thread and no request waits for it: the requests it causes are served by
-the other request threads. A read-only mount refuses writes in the VFS, before the daemon sees them:
-there, only deletions are announced.
+The calls into the mount are made by a small child process (the announcer's worker), never by a
+thread of the daemon: a thread blocked in a request to its own mount cannot be killed, so a SIGKILL
+at that moment would leave an unkillable daemon. No request waits for the announcer: the requests
+its worker causes are served by the request threads. A read-only mount refuses writes in the VFS,
+before the daemon sees them: there, nothing is announced.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
+import errno
+import json
 import logging
 import os
 import queue
-import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,19 +43,99 @@ from secretfs.changes import Changes
 from secretfs.coherence import Coherence
 from secretfs.errors import SecretfsError
 from secretfs.fusebind import caller
+from secretfs.mounts import CHILD_ENV
 from secretfs.nodes import Node
 
 log = logging.getLogger(__name__)
 
-FILEID_INO64_GEN = 0x81  # the kernel's FUSE file handle: node id (two u32) and generation
-_libc = ctypes.CDLL(None, use_errno=True)
-_WRITE = os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+# The worker: one request per line ([op, argument] as JSON), one errno per line back (0: done).
+# "touch"/"create": open for writing (creating), truncate to its own size, close: IN_MODIFY and
+# IN_CLOSE_WRITE (IN_CREATE first). "unlink": IN_DELETE. "handle": the same as touch for a node the
+# kernel holds under no name, by its FUSE file handle (FILEID_INO64_GEN: node id as two u32, and
+# generation 0, since secretfs never reuses a number). It runs isolated (-I), in an environment of
+# its own, and holds no secret: it never reads a file.
+WORKER = r"""
+import ctypes, json, os, struct, sys
+mount = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+WRITE = os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+
+def touch(fd):
+    try:
+        os.ftruncate(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+def by_handle(ino):
+    raw = struct.pack("=III", ino >> 32, ino & 0xFFFFFFFF, 0)
+    handle = ctypes.create_string_buffer(struct.pack("=Ii", len(raw), 0x81) + raw)
+    mount_fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = libc.open_by_handle_at(mount_fd, handle, WRITE)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "open_by_handle_at")
+    finally:
+        os.close(mount_fd)
+    return fd
+
+for line in sys.stdin:
+    op, arg = json.loads(line)
+    try:
+        if op == "handle":
+            touch(by_handle(int(arg)))
+        elif op == "unlink":
+            os.unlink(os.path.join(mount, arg))
+        else:
+            touch(os.open(os.path.join(mount, arg), WRITE | (os.O_CREAT if op == "create" else 0), 0o600))
+        answer = 0
+    except OSError as exc:
+        answer = exc.errno or 5
+    sys.stdout.write(f"{answer}\n")
+    sys.stdout.flush()
+"""
 
 
-def fuse_handle(ino: int) -> ctypes.Array[ctypes.c_char]:
-    """A `struct file_handle` naming a FUSE node (generation 0: secretfs never reuses a number)."""
-    raw = struct.pack("=III", ino >> 32, ino & 0xFFFF_FFFF, 0)
-    return ctypes.create_string_buffer(struct.pack("=Ii", len(raw), FILEID_INO64_GEN) + raw)
+class Worker:
+    """The child process that makes the announcer's calls into the mount (started when first needed)."""
+
+    def __init__(self, mountpoint: Path) -> None:
+        self.mountpoint = mountpoint
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.pid = -1
+
+    def call(self, op: str, arg: str | int) -> int:
+        """Do one operation; 0, or the errno it failed with (EIO if the worker is gone)."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            proc = self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", WORKER, os.fspath(self.mountpoint)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=CHILD_ENV,
+                close_fds=True,
+            )
+            self.pid = proc.pid
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps([op, arg]).encode() + b"\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+        except OSError:
+            answer = b""
+        return int(answer) if answer.strip().isdigit() else errno.EIO
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 class Announcer:
@@ -64,7 +148,7 @@ class Announcer:
         self.view = coherence.view
         self._queue: queue.SimpleQueue[Changes | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._tid = -1
+        self.worker = Worker(mountpoint)
         self._creating: set[str] = set()
         self._removing: set[str] = set()
         self.stand_in: Node | None = None  # the node a removed file's lookup gave the announcer
@@ -76,7 +160,7 @@ class Announcer:
 
     def is_me(self) -> bool:
         """Whether the request being handled comes from the announcer (it changes nothing)."""
-        return caller().pid == self._tid
+        return caller().pid == self.worker.pid
 
     def pretend(self, path: str) -> str | None:
         """How a lookup of path by the announcer answers: "absent" (ENOENT, so that its open creates
@@ -102,9 +186,9 @@ class Announcer:
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.worker.stop()
 
     def _run(self) -> None:
-        self._tid = threading.get_native_id()
         while (changes := self._queue.get()) is not None:
             try:
                 self.announce(changes)
@@ -148,7 +232,7 @@ class Announcer:
             self._creating.add(path)
             self.coherence.drop_entry(path, wait=True)  # a cached "no such file" would skip our lookup
         try:
-            self._touch(os.fspath(self.mountpoint / path), os.O_CREAT if created else 0)
+            self._done(self.worker.call("create" if created else "touch", path))
         finally:
             self._creating.discard(path)
 
@@ -158,11 +242,7 @@ class Announcer:
             return  # nobody watches the directory, or the name is back (or was never gone here)
         self._removing.add(path)
         try:
-            os.unlink(self.mountpoint / path)
-        except OSError as exc:
-            self._failed(exc)
-        else:
-            self.announced += 1
+            self._done(self.worker.call("unlink", path))
         finally:
             self._removing.discard(path)
             self.stand_in = None
@@ -173,46 +253,19 @@ class Announcer:
         except SecretfsError:
             return False
 
-    def _touch(self, path: str, extra: int) -> None:
-        try:
-            fd = os.open(path, _WRITE | extra, 0o600)
-        except OSError as exc:
-            self._failed(exc)
-            return
-        self._truncate_close(fd)
-
     def _touch_node(self, ino: int) -> None:
         if not self._by_handle:
             return
-        with self._mount_fd() as mount_fd:
-            fd = _libc.open_by_handle_at(mount_fd, fuse_handle(ino), _WRITE)
-            if fd < 0:
-                code = ctypes.get_errno()
-                if code == 1:  # EPERM: no CAP_DAC_READ_SEARCH; older inodes are not told
-                    self._by_handle = False
-                    log.warning("cannot open by handle (not root): a watch on a file hears of one change only")
-                else:
-                    self._failed(OSError(code, os.strerror(code)))
-                return
-        self._truncate_close(fd)
+        code = self.worker.call("handle", ino)
+        if code == errno.EPERM:  # no CAP_DAC_READ_SEARCH: older inodes are not told
+            self._by_handle = False
+            log.warning("cannot open files by handle (not root): a watch on a file hears of one change only")
+            return
+        self._done(code)
 
-    @contextlib.contextmanager
-    def _mount_fd(self) -> Iterator[int]:
-        fd = os.open(self.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-
-    def _truncate_close(self, fd: int) -> None:
-        try:
-            os.ftruncate(fd, os.fstat(fd).st_size)  # IN_MODIFY; the filesystem changes nothing
+    def _done(self, code: int) -> None:
+        if code == 0:
             self.announced += 1
-        except OSError as exc:
-            self._failed(exc)
-        finally:
-            os.close(fd)  # IN_CLOSE_WRITE
-
-    def _failed(self, exc: OSError) -> None:
-        self.failed += 1
-        log.debug("could not announce a change: %s", exc.strerror or exc)
+        else:
+            self.failed += 1
+            log.debug("could not announce a change: %s", os.strerror(code))
