@@ -108,6 +108,8 @@ class Results:
     events_stale: int = 0  # h: reads right after an event that did not return the new value
     # h: OpenBao Agent's template command: (seconds from the change, or None; seconds waited)
     agent_command: tuple[float | None, float] | None = None
+    # i: label -> (median µs, p99 µs) of a warm open+read+close with a policy or an audit log
+    policy: dict[str, tuple[float, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -354,6 +356,45 @@ def bench_warm(
                     ops[label][t] += client.throughput(paths[label], t, counts.seconds / rounds) / rounds
         for label in threaded:
             results.threads[label.removeprefix("SQLite ")] = ops[label]
+
+
+# ----- i: policy and audit log ------------------------------------------------------------------
+
+
+def bench_policy(root: Path, client: Client, counts: Counts, backend: Backend, results: Results) -> None:
+    """Warm opens with a readers rule (checked at every open) and with an audit log, against the same
+    mounts without: every configuration mounted at once, measured in interleaved rounds."""
+    backend.put("bench/policy", VALUE)
+    policy = root / "policy.toml"
+    readers = f'uids = [0]\nexe = ["{client.binary.resolve()}"]'
+    policy.write_text(f'[[rule]]\nsecrets = ["bench/*"]\n[rule.readers]\n{readers}\n')
+    policy.chmod(0o600)
+    uids_only = root / "policy-uids.toml"
+    uids_only.write_text('[[rule]]\nsecrets = ["bench/*"]\n[rule.readers]\nuids = [0]\n')
+    uids_only.chmod(0o600)
+    configs = {
+        "kernel writable, no policy": [],
+        "kernel writable, readers rule": ["--policy", str(policy)],
+        "kernel writable, readers rule (uids only: no /proc)": ["--policy", str(uids_only)],
+        "kernel writable, audit log": ["--audit-log", str(root / "audit.log")],
+        "kernel writable, readers rule and audit log": ["--policy", str(policy), "--audit-log", str(root / "a2.log")],
+        "kernel read-only, no policy": ["--read-only"],
+        "kernel read-only, readers rule": ["--read-only", "--policy", str(policy)],
+    }
+    with contextlib.ExitStack() as stack:
+        paths = {}
+        for index, (label, args) in enumerate(configs.items()):
+            m = stack.enter_context(mounted(backend.instance, root / f"mnt-policy-{index}", *args))
+            paths[label] = m.path / "bench" / "policy"
+            client.samples(paths[label], 50)  # warm: the client is the one executable the rule allows
+        samples: dict[str, list[float]] = {label: [] for label in paths}
+        labels = list(paths)
+        for r in range(counts.rounds):
+            for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+                samples[label] += client.samples(paths[label], max(counts.warm_slow // counts.rounds, 10))
+        for label in labels:
+            results.policy[label] = (statistics.median(samples[label]), percentile(samples[label], 0.99))
+            log(f"{label}: {results.policy[label]}")
 
 
 # ----- b: cold reads -----------------------------------------------------------------------------
@@ -1067,6 +1108,8 @@ def render_report(results: Results, counts: Counts, mode: str, agent: tuple[floa
             out(f"| {label} | {shown} | {fmt(statistics.median(lags), 3)} | {fmt(max(lags), 3)} |")
     if results.events or results.agent_command is not None:
         render_events(results, counts, out)
+    if results.policy:
+        render_policy(results, out)
     out("")
     out("**Targets**")
     out("")
@@ -1123,10 +1166,28 @@ def render_report(results: Results, counts: Counts, mode: str, agent: tuple[floa
         elif "host B" in label and "TTL path" not in label:
             target(f"{label}: median ≤ 0.3 s", 0.3, statistics.median(lags), "s")
             target(f"{label}: max ≤ 1 s", 1.0, max(lags), "s")
+    base = results.policy.get("kernel writable, no policy", (None, None))[0]
+    for label, limit in (("kernel writable, readers rule", 1.2), ("kernel writable, audit log", 1.1)):
+        if label in results.policy and base:
+            target(f"{label}: ≤ {limit:g}x no policy", limit, results.policy[label][0] / base, "x")
     for note in results.notes:
         out("")
         out(note)
     return "\n".join(lines) + "\n"
+
+
+def render_policy(results: Results, out: Callable[[str], None]) -> None:
+    out("")
+    out(
+        "**i. Policy and audit log** (SQLite; µs per warm open+read+close; the rule's readers: `uids` "
+        "and `exe`, which the timing client passes; every open then reaches the daemon)"
+    )
+    out("")
+    out("| mount | median µs | p99 µs | vs kernel writable, no policy |")
+    out("|---|---:|---:|---:|")
+    base = results.policy.get("kernel writable, no policy", (None, None))[0]
+    for label, (median, p99) in results.policy.items():
+        out(f"| {label} | {fmt(median)} | {fmt(p99)} | {ratio(median, base)} |")
 
 
 def fraction(a: float | None, b: float | None) -> str:
@@ -1193,7 +1254,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller counts; scale to 10k; short agent wait")
     size.add_argument("--smoke", action="store_true", help="seconds: SQLite only, tiny counts (the test suite's mode)")
-    parser.add_argument("--sections", default="abcdefgh", help="which sections to run (default: abcdefgh)")
+    parser.add_argument("--sections", default="abcdefghi", help="which sections to run (default: abcdefghi)")
     parser.add_argument("--scale", default="", help="comma-separated secret counts for section c")
     parser.add_argument("--stores", default="", help="comma-separated: sqlite,pg,vault (default: all; smoke: sqlite)")
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/performance.md")
@@ -1262,6 +1323,9 @@ def main(argv: list[str] | None = None) -> int:
         if "h" in sections:
             log("h: telling applications (inotify events, on-change actions)")
             bench_events(root, counts, backends[:1] + ([pg] if pg else []) + backends[1:], results)
+        if "i" in sections:
+            log("i: policy and audit log")
+            bench_policy(root, client, counts, backends[0], results)
         if agent is not None:  # one agent, one wait, collected after every section: f's render, h's command
             waited = agent.result(counts.agent_wait)
             if "f" in sections:

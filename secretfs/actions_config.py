@@ -140,21 +140,22 @@ def parse_actions(text: str, source: str) -> tuple[Action, ...]:
     return tuple(actions)
 
 
-def check_actions_file(path: Path, *, allow_unsafe: bool = False) -> None:
-    """Refuse an actions file another user could have written: the file or its directory not owned by
-    this user (or root, for the directory), or writable by group or others (a directory with the sticky
-    bit, like /tmp, may be). The commands in it run as this user."""
+def check_actions_file(path: Path, *, allow_unsafe: bool = False, what: str = "actions file", why: str = "") -> None:
+    """Refuse an actions file (or another file of `what` kind: the policy file) another user could have
+    written: the file or its directory not owned by this user (or root, for the directory), or writable
+    by group or others (a directory with the sticky bit, like /tmp, may be). The commands in it run as
+    this user; `why` says what else makes it matter."""
     euid = os.geteuid()
     problems = []
     try:
         st = os.stat(path)
         parent = os.stat(path.absolute().parent)
     except FileNotFoundError:
-        raise ConfigError(f"the actions file {path} does not exist") from None
+        raise ConfigError(f"the {what} {path} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"cannot inspect the actions file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot inspect the {what} {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"the actions file {path} is not a regular file")
+        raise ConfigError(f"the {what} {path} is not a regular file")
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid != euid:
         problems.append(f"owned by uid {st.st_uid}, not by uid {euid}")
@@ -166,14 +167,16 @@ def check_actions_file(path: Path, *, allow_unsafe: bool = False) -> None:
         problems.append("its directory is writable by group or others")
     if not problems:
         return
+    head = f"unsafe {what} {path} ({', '.join(problems)})"
     message = (
-        f"unsafe actions file {path} ({', '.join(problems)}): its commands run as uid {euid}, and another user "
-        f"could have changed them. Fix it (chown {euid}, chmod 600 or 644, and its directory), or set "
+        f"{head}: {why or f'its commands run as uid {euid}'}, and another user "
+        f"could have changed {'it' if why else 'them'}. "
+        f"Fix it (chown {euid}, chmod 600 or 644, and its directory), or set "
         f"{ENV_ALLOW_UNSAFE_DATA_DIR}=1 to use it anyway"
     )
     if not allow_unsafe:
         raise ConfigError(message)
-    log.warning("%s: using it because %s is set", message.partition(": its")[0], ENV_ALLOW_UNSAFE_DATA_DIR)
+    log.warning("%s: using it because %s is set", head, ENV_ALLOW_UNSAFE_DATA_DIR)
 
 
 def load_actions_file(path: Path, *, allow_unsafe: bool = False) -> tuple[Action, ...]:

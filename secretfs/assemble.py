@@ -9,13 +9,22 @@ from secretfs.cache import CachingStore
 from secretfs.coherence import Coherence
 from secretfs.freshness import FreshnessPolicy
 from secretfs.fuse_ops import SecretFS
+from secretfs.guard import Guard, GuardedFS
 from secretfs.nodes import Nodes
 from secretfs.stores.base import Store
 from secretfs.view import View, ViewOptions
 
 
-def build_operations(store: Store, view_options: ViewOptions, policy: FreshnessPolicy) -> SecretFS:
-    """The FUSE operations for one mount over an opened store."""
+def build_operations(
+    store: Store, view_options: ViewOptions, policy: FreshnessPolicy, guard: Guard | None = None
+) -> SecretFS:
+    """The FUSE operations for one mount over an opened store (with a guard: policy and audit log)."""
     cache = CachingStore(store, ttl=policy.cache_ttl, max_stale=policy.max_stale)
     view = View(cache, view_options)
-    return SecretFS(Coherence(view, cache, Nodes(), policy))
+    coherence = Coherence(view, cache, Nodes(), policy)
+    if guard is None:
+        return SecretFS(coherence)
+    if guard.policy is not None:
+        access, prefix = guard.policy, guard.prefix
+        view.attr_override = access.chained(getattr(view, "attr_override", None), prefix)
+    return GuardedFS(coherence, guard)

@@ -10,7 +10,9 @@
   when the store declares bulk reads (`Capabilities.bulk_read`). `ls -l` then costs one query per
   window instead of one per file.
   A value only read ahead, never read, is not served in an outage.
-- The mount's own writes, deletes and renames invalidate at once; changes learned from outside
+- A record carries its secret's file attrs (mode, owner) when the store keeps them, so they are
+  cached with the value: a `stat` costs no query of its own.
+- The mount's own writes, attr changes, deletes and renames invalidate at once; changes learned from outside
   come in through `fetch`, `fetch_many` and `invalidate` (coherence's check pass).
 - Outage policy: when the backend is unavailable, a value fetched successfully within the last
   `max_stale` seconds is served and the cache reports itself degraded (since when); after that,
@@ -36,11 +38,14 @@ from secretfs.stores.base import (
     BulkReader,
     Capabilities,
     DirListing,
+    FileAttrs,
+    FileAttrStore,
     SecretMeta,
     SecretRecord,
     Store,
     Watcher,
     bulk_reader,
+    file_attr_store,
     watcher,
 )
 
@@ -146,8 +151,12 @@ class CachingStore:
         self._listed: BoundedLRU[str, list[str]] = BoundedLRU(LISTED_DIRS)
         self._bulk: BulkReader | None = bulk_reader(inner)
         self._watcher: Watcher | None = watcher(inner)
+        self._attrs: FileAttrStore | None = file_attr_store(inner)
         self.capabilities = Capabilities(
-            watch=self._watcher is not None, health=True, atomic_batch=inner.capabilities.atomic_batch
+            watch=self._watcher is not None,
+            health=True,
+            atomic_batch=inner.capabilities.atomic_batch,
+            file_attrs=self._attrs is not None,
         )
 
     # ----- the cache proper -------------------------------------------------------------------
@@ -326,6 +335,24 @@ class CachingStore:
     def write_many(self, items: Mapping[str, Any]) -> None:
         try:
             self._guard(lambda: self.inner.write_many(items))
+        finally:
+            self.invalidate(*items)
+
+    def set_attrs(self, name: str, attrs: FileAttrs) -> None:
+        """The inner store's set_attrs (declared by capabilities.file_attrs)."""
+        inner = self._attrs
+        assert inner is not None
+        try:
+            self._guard(lambda: inner.set_attrs(name, attrs))
+        finally:
+            self.invalidate(name)
+
+    def write_with_attrs(self, items: Mapping[str, Any], attrs: FileAttrs) -> None:
+        """The inner store's write_with_attrs (declared by capabilities.file_attrs)."""
+        inner = self._attrs
+        assert inner is not None
+        try:
+            self._guard(lambda: inner.write_with_attrs(items, attrs))
         finally:
             self.invalidate(*items)
 

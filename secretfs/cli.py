@@ -31,6 +31,7 @@ from secretfs.config import (
     sqlite_path,
 )
 from secretfs.freshness import DEFAULTS, FreshnessPolicy
+from secretfs.stores.base import FileAttrs, file_attr_store
 from secretfs.view import ViewOptions
 
 log = logging.getLogger("secretfs")
@@ -308,13 +309,45 @@ def main() -> None:
     metavar="'GLOB=UNIT'",
     help="When a secret matching GLOB changes, run `systemctl reload UNIT`.",
 )
+@click.option(
+    "--prefix",
+    default="",
+    metavar="PREFIX",
+    help="Show only the secrets under PREFIX (tls/ shows tls/a as a): names outside it are unreachable.",
+)
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Who may read which secret, and per-secret owners and modes: a TOML file (root-owned, not writable "
+    "by others; README, Policy).",
+)
+@click.option(
+    "--audit-log",
+    multiple=True,
+    metavar="FILE|-",
+    help="Append one JSON line per open, write, unlink, rename and chmod of a secret to FILE (0600), or to "
+    "stderr with '-'. May be given twice.",
+)
+@click.option(
+    "--audit-log-max-size",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="BYTES",
+    help="Rename an audit log file about to grow past BYTES to FILE.1 and start again (0: no limit).",
+)
 @click.option("--debug", is_flag=True, help="libfuse debug output (implies --foreground).")
 @common_options
 def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path | None, **kw: Any) -> None:
     """Mount the secrets at MOUNTPOINT; returns once the mount is live unless -f."""
     from secretfs import background, daemon
     from secretfs.actions_config import actions_from_options
+    from secretfs.audit import check_destinations
+    from secretfs.policy import load_policy_file
+    from secretfs.stores.prefixed import normalize_prefix
 
+    prefix = normalize_prefix(kw["prefix"])
     actions = actions_from_options(
         actions_file=kw["actions_file"],
         exec_flags=kw["on_change_exec"],
@@ -322,6 +355,10 @@ def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path
         reload_flags=kw["on_change_reload"],
         allow_unsafe=settings.allow_unsafe_data_dir,
     )
+    policy = None
+    if kw["policy_file"] is not None:
+        policy = load_policy_file(kw["policy_file"], allow_unsafe=settings.allow_unsafe_data_dir)
+    check_destinations(kw["audit_log"])
     if (kw["uid"] >= 0 or kw["gid"] >= 0) and not kw["allow_other"]:
         log.warning(
             "--uid/--gid without --allow-other: only the mounting user can enter the mount, "
@@ -343,6 +380,10 @@ def mount(settings: Settings, mountpoint: Path, foreground: bool, log_file: Path
         freshness=FreshnessPolicy(cache_mode=kw["cache_mode"], ttl=kw["cache_ttl"], max_stale=kw["max_stale"]),
         debug=kw["debug"],
         actions=actions,
+        prefix=prefix,
+        policy=policy,
+        audit_log=tuple(kw["audit_log"]),
+        audit_log_max_size=kw["audit_log_max_size"],
     )
     if foreground or kw["debug"]:
         sys.exit(daemon.run_foreground(settings, options))
@@ -569,28 +610,68 @@ def _put_items(items: tuple[str, ...], source: Any, from_dir: Path | None) -> di
     default=None,
     help="Store every file under DIR as PREFIX/its/relative/path.",
 )
+@click.option(
+    "--file-mode",
+    type=OctalMode(),
+    default=None,
+    help="The files' mode (permission bits within 0777), stored with each secret.",
+)
+@click.option("--owner", default=None, help="The files' owner (a user name, or a uid), stored with each secret.")
+@click.option("--group", default=None, help="The files' group (a group name, or a gid), stored with each secret.")
 @common_options
-def put(settings: Settings, items: tuple[str, ...], source: Any, from_dir: Path | None) -> None:
+def put(
+    settings: Settings,
+    items: tuple[str, ...],
+    source: Any,
+    from_dir: Path | None,
+    file_mode: int | None,
+    owner: str | None,
+    group: str | None,
+) -> None:
     """Store secrets, each exactly as a file write would store it.
 
     `put NAME` reads the value from stdin (or --file); `put NAME=FILE...` and `put --from-dir DIR
     [PREFIX]` store several at once, in one transaction in DB mode (all or none). When put returns,
-    every mount of the store on this host serves all the new values.
+    every mount of the store on this host serves all the new values. `--file-mode`, `--owner` and
+    `--group` set the mode and owner of every secret stored, with its value.
     """
+    attrs = _put_attrs(file_mode, owner, group)
     contents = _put_items(items, source, from_dir)
+    values = {}
     for name, content in contents.items():
         check_name(name)
         render.check_new_name(name)
-        if len(content) > render.MAX_VALUE_BYTES:
-            raise errors.ValueTooLarge(f"{name!r}: values are at most {render.MAX_VALUE_BYTES} bytes")
+        try:
+            values[name] = render.stored_value(content)
+        except errors.ValueTooLarge as exc:
+            raise errors.ValueTooLarge(f"{name!r}: {exc}") from None
     view = open_view(settings)
     try:
         if view.options.read_only:
             raise errors.ReadOnly(f"{settings.mode} mode is read-only: secretfs does not write secrets")
-        view.store.write_many({name: render.parse(content) for name, content in contents.items()})
+        if attrs.empty:
+            view.store.write_many(values)
+        else:
+            keeper = file_attr_store(view.store)
+            if keeper is None:
+                raise errors.NotPermitted(
+                    "this store keeps no per-secret modes or owners (KV v1 keeps no per-secret modes; "
+                    "use a policy file)"
+                )
+            keeper.write_with_attrs(values, attrs)
     finally:
         view.store.close()
     _tell_mounts(settings, list(contents))
+
+
+def _put_attrs(file_mode: int | None, owner: str | None, group: str | None) -> FileAttrs:
+    """The file attrs `put` stores: a mode within 0777, owner and group names (ids as decimal text)."""
+    if file_mode is not None and file_mode & ~0o777:
+        raise click.UsageError("--file-mode takes permission bits only (within 0777): no setuid, setgid or sticky")
+    for flag, name in (("--owner", owner), ("--group", group)):
+        if name is not None and (not name or ":" in name or "/" in name or not name.isprintable()):
+            raise click.UsageError(f"{flag} takes a user or group name, or a number")
+    return FileAttrs(file_mode, owner, group)
 
 
 @main.command()

@@ -5,8 +5,9 @@ version never changes (secretfs.nodes). What can change is which node a *name* l
 decided here, in two ways:
 
 - On access: every lookup (including the kernel revalidating a cached entry, which it does once
-  `entry_timeout` has passed) resolves the name through the value cache. Same content: the same
-  node. New content: a new node, and the kernel, seeing a new inode number, drops its old entry.
+  `entry_timeout` has passed) resolves the name through the value cache. Same content (and the
+  same mode and owner): the same node. New content, or a new mode or owner: a new node, and the
+  kernel, seeing a new inode number, drops its old entry.
   `entry_timeout` and the cache TTL are each half the freshness bound (`--cache-ttl`), so no path
   leads to a value older than the bound.
 - On news: the SQLite watcher calls `poke()`; the CLI and the other mounts of the store on this
@@ -107,11 +108,20 @@ class Coherence:
             self.nodes.looked_up(node)  # a directory, or a file being written here: it owns the name
             return node
         resolved = self.view.resolve(name)
-        if node is not None and node.is_dir == resolved.is_dir and (node.is_dir or node.same_as(resolved.content)):
+        if (
+            node is not None
+            and node.is_dir == resolved.is_dir
+            and (node.is_dir or node.same_as(resolved.content, resolved.perms))
+        ):
             self.nodes.looked_up(node)
             return node
         return self.nodes.add(
-            name, is_dir=resolved.is_dir, version=resolved.content, mtime=resolved.mtime, ctime=resolved.ctime
+            name,
+            is_dir=resolved.is_dir,
+            version=resolved.content,
+            mtime=resolved.mtime,
+            ctime=resolved.ctime,
+            perms=resolved.perms,
         )
 
     def verify(self, node: Node) -> bool:
@@ -155,11 +165,12 @@ class Coherence:
             return  # the kernel cannot hold an entry under a directory it does not know
         self.notifier.submit(lambda: send(parent.ino, base), wait=wait)
 
-    def drop_pages(self, node: Node) -> None:
-        """Have the kernel forget what it cached of node (its pending writes were dropped)."""
+    def drop_pages(self, node: Node, *, wait: bool = False) -> None:
+        """Have the kernel forget what it cached of node (its pending writes were dropped); with
+        `wait`, return once it has (its size and pages are the committed version's again)."""
         send = self.invalidate_inode
         if send is not None:
-            self.notifier.submit(lambda: send(node.ino))
+            self.notifier.submit(lambda: send(node.ino), wait=wait)
 
     # ----- news from outside -----------------------------------------------------------------------
 
@@ -250,7 +261,7 @@ class Coherence:
                 resolved = None
             if node.busy or node.commits != commits:
                 continue
-            if resolved is None or resolved.is_dir or not node.same_as(resolved.content):
+            if resolved is None or resolved.is_dir or not node.same_as(resolved.content, resolved.perms):
                 self.retire(node, gone=gone)
                 changed += 1
         return changed

@@ -149,7 +149,8 @@ def parse_mode(value: str | None) -> Mode:
     for mode in MODES:
         if mode == upper:
             return mode
-    raise ConfigError(f"{ENV_MANAGER}={value!r} is not a mode; allowed values: {', '.join(MODES)}")
+    hint = " (a file's permission bits are --file-mode)" if upper.isdigit() else ""
+    raise ConfigError(f"{ENV_MANAGER}={value!r} is not a mode; allowed values: {', '.join(MODES)}{hint}")
 
 
 def _vault_settings(env: Mapping[str, str], timeout: float) -> tuple[VaultSettings | None, list[str]]:

@@ -30,6 +30,7 @@ from secretfs.view import ViewOptions
 if TYPE_CHECKING:
     from secretfs.fuse_ops import SecretFS
     from secretfs.fusebind import Session
+    from secretfs.policy import Policy
     from secretfs.stores.base import Store
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ class MountOptions:
     freshness: FreshnessPolicy = DEFAULTS
     debug: bool = False
     actions: tuple[Action, ...] = ()  # on-change actions (secretfs.actions)
+    prefix: str = ""  # a subtree mount: only the secrets under this prefix, normalized (secretfs.stores.prefixed)
+    policy: Policy | None = None  # who may read what (secretfs.policy)
+    audit_log: tuple[str, ...] = ()  # audit log destinations: files, or "-" for stderr (secretfs.audit)
+    audit_log_max_size: int = 0  # bytes; then FILE is renamed FILE.1 (0: no limit)
 
 
 def recover_stale(path: Path) -> bool:
@@ -110,18 +115,26 @@ def _report_ready(
             return
 
 
-def _control(settings: Settings, coherence: Coherence) -> control.ControlServer | None:
-    """The mount's control socket, and its link to the other local mounts of the store."""
+def _control(settings: Settings, coherence: Coherence, prefix: str = "") -> control.ControlServer | None:
+    """The mount's control socket, and its link to the other local mounts of the store.
+
+    The socket carries full names: a subtree mount (`prefix`) keeps those under its prefix, made
+    relative, and publishes its own with the prefix put back."""
+    from secretfs.stores.prefixed import full_names, relative_names
+
     store = control.store_id(settings)
     pid = os.getpid()
 
     def publish(names: Sequence[str]) -> None:
-        for warning in control.tell_mounts(store, names, exclude_pid=pid):
+        for warning in control.tell_mounts(store, full_names(prefix, names), exclude_pid=pid):
             log.warning("%s", warning)
+
+    def changed(names: Sequence[str]) -> None:
+        coherence.changed(relative_names(prefix, names))
 
     coherence.publish = publish
     try:
-        server = control.ControlServer(store, coherence.changed)
+        server = control.ControlServer(store, changed)
     except OSError as exc:
         log.warning("no control socket (%s): other processes' writes reach this mount within --cache-ttl", exc)
         return None
@@ -141,6 +154,8 @@ def _connect(
     reactions = Reactions(store, coherence, options.freshness, mountpoint=mountpoint, actions=options.actions)
     operations.announcer = reactions.announcer
     operations.status_parts["changes"] = reactions.status
+    if options.prefix:
+        operations.status_parts["prefix"] = lambda: options.prefix
     reactions.start()
     return reactions
 
@@ -152,7 +167,9 @@ def run_foreground(settings: Settings, options: MountOptions) -> int:
     hardening.apply()  # before any secret is read: not dumpable, no core, memory locked if allowed
     from secretfs.assemble import build_operations
     from secretfs.fusebind import Session
+    from secretfs.guard import guard_for
     from secretfs.stores import open_store
+    from secretfs.stores.prefixed import open_prefixed
 
     mountpoint = options.mountpoint.absolute()
     callbacks: list[Callable[[], None]] = []
@@ -161,7 +178,7 @@ def run_foreground(settings: Settings, options: MountOptions) -> int:
     callbacks.append(lambda: _notify_ready(mountpoint))
     check_mountpoint(mountpoint)
     read_only = options.view.read_only or settings.read_only_mode
-    store = open_store(settings, read_only=read_only)
+    store = open_prefixed(open_store(settings, read_only=read_only), options.prefix)
     view_options = ViewOptions(
         layout=options.view.layout,
         read_only=read_only,
@@ -170,7 +187,8 @@ def run_foreground(settings: Settings, options: MountOptions) -> int:
         file_mode=options.view.file_mode,
         dir_mode=options.view.dir_mode,
     )
-    operations = build_operations(store, view_options, options.freshness)
+    guard = guard_for(options.policy, options.audit_log, max_bytes=options.audit_log_max_size, prefix=options.prefix)
+    operations = build_operations(store, view_options, options.freshness, guard)  # a guard's log closes at destroy
     stop = threading.Event()
     live = threading.Event()
     threading.Thread(target=_report_ready, args=(mountpoint, callbacks, stop, live), daemon=True).start()
@@ -180,7 +198,7 @@ def run_foreground(settings: Settings, options: MountOptions) -> int:
     if read_only:
         fuse_options.append("ro")
     session = Session(operations, str(mountpoint), fuse_options, debug=options.debug)
-    control = _control(settings, operations.coherence)
+    control = _control(settings, operations.coherence, options.prefix)
     reactions = _connect(session, operations, store, options, announce=not read_only)
     shutdown = Shutdown(mountpoint, live, stop)
     shutdown.install()

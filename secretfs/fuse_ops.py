@@ -15,6 +15,7 @@ from typing import Any
 
 from secretfs import errors, render
 from secretfs.announce import Announcer
+from secretfs.attrchange import AttrChanges
 from secretfs.coherence import Coherence
 from secretfs.fusebind import (
     CAP_ATOMIC_O_TRUNC,
@@ -41,6 +42,7 @@ class SecretFS:
         self.policy = coherence.policy
         self.read_only = self.view.options.read_only or self.view.store.read_only
         self.files = OpenFiles(coherence)
+        self.attr_changes = AttrChanges(coherence)
         self.announcer: Announcer | None = None  # set by the daemon on a writable mount
         self.status_parts: dict[str, Callable[[], Any]] = {}  # more of `runtime_status`, by key
 
@@ -59,8 +61,16 @@ class SecretFS:
         if node.is_dir:
             attr = self.view.dir_attr(node.mtime).as_stat()
         else:
-            attr = self.view.file_attr(len(node.content), node.mtime, node.ctime).as_stat()
+            attr = self.view.file_attr(len(node.content), node.mtime, node.ctime, node.perms).as_stat()
             attr["st_nlink"] = node.nlink
+            if self.view.attr_override is not None and node.name is not None:
+                mode, uid, gid = self.view.attr_override(self.view.secret_of(node.name))
+                if mode is not None:
+                    attr["st_mode"] = stat.S_IFREG | mode
+                if uid is not None:
+                    attr["st_uid"] = uid
+                if gid is not None:
+                    attr["st_gid"] = gid
         attr["st_ino"] = node.ino
         return attr
 
@@ -132,15 +142,12 @@ class SecretFS:
         if self._announcing():
             return self._attr(node), self.policy.attr_timeout
         self._refuse_if_read_only()
-        attr = self._attr(node)
-        if change.mode is not None and change.mode != attr["st_mode"] & 0o7777:
-            raise errors.NotPermitted("modes are set by the mount options")
-        if change.uid not in (None, *UNCHANGED_ID, attr["st_uid"]) or change.gid not in (
-            None,
-            *UNCHANGED_ID,
-            attr["st_gid"],
-        ):
-            raise errors.NotPermitted("owners are set by the mount options")
+        self.attr_changes.apply(  # per-secret modes and owners (secretfs.attrchange)
+            node,
+            change.mode,
+            None if change.uid in UNCHANGED_ID else change.uid,
+            None if change.gid in UNCHANGED_ID else change.gid,
+        )
         if change.size is not None:
             self.files.truncate(self._file(ino), change.size, fh)
         if change.mtime is not None:
@@ -191,7 +198,7 @@ class SecretFS:
         try:
             node = self.coherence.lookup(path)
         except errors.NotFound:
-            node = self.nodes.add(path, is_dir=False)
+            node = self.nodes.add(path, is_dir=False, perms=self.view.perms(self.view.secret_of(path), None))
             node.created, node.pending = True, bytearray()
         else:
             if node.is_dir or fi.flags & os.O_EXCL:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from secretfs import render
-from secretfs.errors import CrossDevice, InvalidName, IsADirectory, NotFound
+from secretfs.errors import CrossDevice, InvalidName, IsADirectory, NotFound, NotPermitted
+from secretfs.fileattrs import Perms
 from secretfs.lru import BoundedLRU
-from secretfs.stores.base import SecretRecord, Store
+from secretfs.stores.base import FileAttrs, SecretRecord, Store, file_attr_store
 
 LayoutName = Literal["file", "keys"]
 
@@ -62,6 +63,7 @@ class Resolved:
     content: bytes
     mtime: float
     ctime: float
+    perms: Perms | None = None  # a file's mode and owner (secretfs.fileattrs); None for a directory
 
 
 class Tree(Protocol):
@@ -69,7 +71,11 @@ class Tree(Protocol):
 
     store: Store
 
-    def file_attr(self, size: int, mtime: float, ctime: float) -> Attr: ...
+    def file_attr(self, size: int, mtime: float, ctime: float, perms: Perms | None = None) -> Attr: ...
+
+    def perms(self, secret: str, attrs: FileAttrs | None) -> Perms:
+        """What the files of secret show, given its stored attrs."""
+        ...
 
     def dir_attr(self, mtime: float | None = None) -> Attr: ...
 
@@ -110,8 +116,9 @@ class Layout(Protocol):
         """Raise unless the layout can hold a file at name (the view checked the name itself)."""
         ...
 
-    def write_file(self, name: str, content: bytes) -> bytes:
-        """Store content as the file at name; returns what the file now shows."""
+    def write_file(self, name: str, content: bytes, attrs: FileAttrs | None = None) -> bytes:
+        """Store content as the file at name (and attrs for its secret, in the same write); returns
+        what the file now shows."""
         ...
 
     def unlink(self, name: str) -> None: ...
@@ -130,6 +137,17 @@ def _parent(name: str) -> str:
 def _split(name: str) -> tuple[str, str]:
     parent, _, base = name.rpartition("/")
     return parent, base
+
+
+def _store_value(store: Store, secret: str, value: Any, attrs: FileAttrs | None) -> None:
+    """Write a secret's value, with its file attrs when there are any (one store write)."""
+    if attrs is None or attrs.empty:
+        store.write(secret, value)
+        return
+    target = file_attr_store(store)
+    if target is None:
+        raise NotPermitted("the store keeps no per-secret modes or owners")
+    target.write_with_attrs({secret: value}, attrs)
 
 
 class FileLayout:
@@ -162,7 +180,8 @@ class FileLayout:
             if self.tree.is_dir(name):
                 return self.tree.dir_attr()
             raise
-        return self.tree.file_attr(len(self._render(record)), record.updated_at, record.created_at)
+        perms = self.tree.perms(name, record.attrs)
+        return self.tree.file_attr(len(self._render(record)), record.updated_at, record.created_at, perms)
 
     def resolve_file(self, name: str) -> Resolved | None:
         try:
@@ -170,7 +189,8 @@ class FileLayout:
         except NotFound:
             self._rendered.pop(name)
             return None
-        return Resolved(False, self._render(record), record.updated_at, record.created_at)
+        perms = self.tree.perms(name, record.attrs)
+        return Resolved(False, self._render(record), record.updated_at, record.created_at, perms)
 
     def read_file(self, name: str) -> bytes:
         try:
@@ -186,9 +206,9 @@ class FileLayout:
     def check_creatable(self, name: str) -> None:
         pass
 
-    def write_file(self, name: str, content: bytes) -> bytes:
-        value = render.parse(content)
-        self.tree.store.write(name, value)
+    def write_file(self, name: str, content: bytes, attrs: FileAttrs | None = None) -> bytes:
+        value = render.stored_value(content)
+        _store_value(self.tree.store, name, value, attrs)
         return render.render(value)
 
     def unlink(self, name: str) -> None:
@@ -231,6 +251,13 @@ class KeysLayout:
         value = dict(record.value) if isinstance(record.value, dict) else {"value": record.value}
         return value, record.updated_at, record.created_at
 
+    def _attrs(self, secret: str) -> FileAttrs | None:
+        """A secret's stored file attrs (from the value cache: just read with its value)."""
+        try:
+            return self.tree.store.read(secret).attrs
+        except NotFound:
+            return None
+
     def secret_of(self, name: str) -> str:
         return _parent(name)
 
@@ -239,7 +266,8 @@ class KeysLayout:
         if parent:
             value, updated, created = self._read_object(parent)
             if value is not None and key in value:
-                return self.tree.file_attr(len(render.render_key(value[key])), updated, created)
+                perms = self.tree.perms(parent, self._attrs(parent))
+                return self.tree.file_attr(len(render.render_key(value[key])), updated, created, perms)
         try:
             meta = self.tree.store.stat(name)
             return self.tree.dir_attr(meta.updated_at)
@@ -269,7 +297,7 @@ class KeysLayout:
         if "/" not in name:
             raise InvalidName("in the keys layout, files live inside a secret's directory")
 
-    def write_file(self, name: str, content: bytes) -> bytes:
+    def write_file(self, name: str, content: bytes, attrs: FileAttrs | None = None) -> bytes:
         secret, key = _split(name)
         value, _, _ = self._read_object(secret)
         value = dict(value or {})
@@ -284,7 +312,7 @@ class KeysLayout:
                 raise InvalidName(f"key {key!r} holds JSON; the new content does not parse") from None
         else:
             value[key] = text
-        self.tree.store.write(secret, value)
+        _store_value(self.tree.store, secret, value, attrs)
         return render.render_key(value[key])
 
     def unlink(self, name: str) -> None:

@@ -19,7 +19,9 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
+from secretfs.fileattrs import Perms
 from secretfs.fusebind import ROOT_INO, FuseError
+from secretfs.stores.base import FileAttrs
 
 
 @dataclass(eq=False)
@@ -38,6 +40,8 @@ class Node:
     nlookup: int = 0
     writers: int = 0  # open write handles
     former: str | None = None  # the name a node replaced by a newer value had (it still counts as linked)
+    perms: Perms | None = None  # a file's mode and owner as shown (None: the mount's defaults)
+    pending_attrs: FileAttrs | None = None  # chmod/chown of a file never committed: stored with its commit
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -64,9 +68,15 @@ class Node:
         """Whether there is something to commit: pending content, or a file never committed."""
         return self.pending is not None or self.created
 
-    def same_as(self, content: bytes) -> bool:
-        """Whether a freshly read content is the version this node stands for (nothing pending)."""
-        return self.pending is None and not self.created and self.version == content
+    def same_as(self, content: bytes, perms: Perms | None = None) -> bool:
+        """Whether a freshly read content (with the mode and owner it shows) is the version this node
+        stands for (nothing pending): a changed mode or owner is a new version too."""
+        return (
+            self.pending is None
+            and not self.created
+            and self.version == content
+            and (perms is None or self.perms is None or self.perms == perms)
+        )
 
 
 def entry_ino(name: str) -> int:
@@ -102,7 +112,16 @@ class Nodes:
     def current(self, name: str) -> Node | None:
         return self._by_name.get(name)
 
-    def add(self, name: str, *, is_dir: bool, version: bytes = b"", mtime: float = 0.0, ctime: float = 0.0) -> Node:
+    def add(
+        self,
+        name: str,
+        *,
+        is_dir: bool,
+        version: bytes = b"",
+        mtime: float = 0.0,
+        ctime: float = 0.0,
+        perms: Perms | None = None,
+    ) -> Node:
         """A new node, current for name (a node that was current is retired); looked up once.
 
         A current node that is busy being written keeps the name: it is returned instead.
@@ -112,7 +131,9 @@ class Nodes:
             if current is not None and not current.is_dir and current.busy and not is_dir:
                 current.nlookup += 1
                 return current
-            node = Node(self._next, name, is_dir, version, mtime or time.time(), ctime or time.time(), nlookup=1)
+            node = Node(
+                self._next, name, is_dir, version, mtime or time.time(), ctime or time.time(), nlookup=1, perms=perms
+            )
             self._next += 1
             self._by_ino[node.ino] = node
             old = self._by_name.get(name)

@@ -182,8 +182,9 @@ class OpenFiles:
                 node.version, node.pending, node.created = bytes(node.content), None, False
                 return None
             content = bytes(node.content)
-            shown = self.view.write_file(node.name, content)
-            node.version, node.pending, node.created = content, None, False
+            # A mode or owner set before the first commit (install -m, tar -x) is stored with it.
+            shown = self.view.write_file(node.name, content, node.pending_attrs)
+            node.version, node.pending, node.created, node.pending_attrs = content, None, False, None
             node.mtime = node.ctime = time.time()
             node.commits += 1
             return node.name, shown != content
@@ -191,10 +192,10 @@ class OpenFiles:
     def _forget_failed(self, node: Node, *, wait: bool) -> None:
         """A failed commit: the old value stays, and the kernel forgets what it cached of the writes."""
         with node.lock:
-            node.pending = None
+            node.pending, node.pending_attrs = None, None
             name = node.name if node.created else None
             node.created = False
         if name is not None:
             self.nodes.detach(name)
             self.coherence.drop_entry(name, wait=wait)  # gone before close() returns
-        self.coherence.drop_pages(node)
+        self.coherence.drop_pages(node, wait=wait)  # close() returns with the old size and pages

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any
 
-from secretfs.errors import InvalidName, NameTooLong
+from secretfs.errors import InvalidName, NameTooLong, ValueTooLarge
 
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_NAME_CHARS = 256
@@ -23,10 +23,39 @@ MAX_SEGMENT_BYTES = 255
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, indent=2, ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> bytes:
-    text = json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    """Sorted keys, two-space indent, one newline; ValueTooLarge once it passes MAX_VALUE_BYTES.
+
+    Indentation grows with depth (a 200 KB value nested 500 deep shows as 100 MB), so the rendering
+    is built piece by piece and given up as soon as it is too large: what a file shows, and what
+    rendering it costs, is bounded like what a write may store.
+    """
+    parts: list[str] = []
+    size = 0
+    for chunk in _ENCODER.iterencode(value):
+        size += len(chunk)
+        if size > MAX_VALUE_BYTES:
+            raise ValueTooLarge(f"the value shows as more than {MAX_VALUE_BYTES} bytes (a file shows at most that)")
+        parts.append(chunk)
+    parts.append("\n")
     # Lone surrogates (from a JSON escape such as "\ud800") have no UTF-8 form: keep them escaped.
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8")
+    shown = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", "".join(parts)).encode("utf-8")
+    if len(shown) > MAX_VALUE_BYTES:
+        raise ValueTooLarge(f"the value shows as {len(shown)} bytes; a file shows at most {MAX_VALUE_BYTES}")
+    return shown
+
+
+def stored_value(content: bytes) -> Any:
+    """The value to store for a file's whole content, refused (ValueTooLarge) when the content, or
+    the file that would show it, is over MAX_VALUE_BYTES: whatever a file shows can be written back."""
+    if len(content) > MAX_VALUE_BYTES:
+        raise ValueTooLarge(f"values are at most {MAX_VALUE_BYTES} bytes")
+    value = parse(content)
+    render(value)
+    return value
 
 
 def _utf8(text: str) -> bytes | None:
@@ -65,7 +94,7 @@ def parse(content: bytes) -> dict[str, Any]:
     if stripped.startswith("{"):
         try:
             parsed = json.loads(text, parse_constant=_reject_constant)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse: kept as text
             parsed = None
         if isinstance(parsed, dict):
             return parsed

@@ -13,20 +13,23 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from secretfs import render
+from secretfs import fileattrs, render
 from secretfs.errors import (
     AlreadyExists,
     CrossDevice,
     DirectoryNotEmpty,
     NotADirectory,
     NotFound,
+    NotPermitted,
     ReadOnly,
     ValueTooLarge,
 )
+from secretfs.fileattrs import Perms
 from secretfs.layouts import Attr, Layout, LayoutName, Resolved, layout_for
-from secretfs.stores.base import Store
+from secretfs.stores.base import FileAttrs, Store, file_attr_store
 
 __all__ = ["Attr", "Resolved", "View", "ViewOptions", "path_to_name"]
 
@@ -73,13 +76,40 @@ class View:
         self._empty_dirs: set[str] = set()
         self._lock = threading.Lock()
         self.layout: Layout = layout_for(self.options.layout, self)
+        # Per-secret (mode, uid, gid) over the mount options' (None: theirs); the adapter applies it.
+        self.attr_override: Callable[[str], tuple[int | None, int | None, int | None]] | None = None
 
     # ----- attributes -------------------------------------------------------------------------
 
-    def file_attr(self, size: int, mtime: float, ctime: float) -> Attr:
+    def file_attr(self, size: int, mtime: float, ctime: float, perms: Perms | None = None) -> Attr:
+        """A file's attributes; `perms` is what its secret shows (View.perms), else the mount's defaults."""
+        mode, uid, gid = perms if perms is not None else self.default_perms()
+        return Attr(False, stat.S_IFREG | mode, size, mtime, ctime, uid, gid)
+
+    def default_perms(self) -> Perms:
         o = self.options
         assert o.file_mode is not None
-        return Attr(False, stat.S_IFREG | o.file_mode, size, mtime, ctime, o.uid, o.gid)
+        return Perms(o.file_mode, o.uid, o.gid)
+
+    def perms(self, secret: str, attrs: FileAttrs | None) -> Perms:
+        """What the files of secret show, from its stored attrs (secretfs.fileattrs for the order)."""
+        override = self.attr_override(secret) if self.attr_override is not None else (None, None, None)
+        return fileattrs.shown(self.default_perms(), attrs, override)
+
+    @property
+    def keeps_file_attrs(self) -> bool:
+        """Whether the store keeps per-secret modes and owners (Capabilities.file_attrs)."""
+        return file_attr_store(self.store) is not None
+
+    def set_attrs(self, path: str, attrs: FileAttrs) -> Perms:
+        """Store a new mode or owner for the secret a file path shows; returns what its files now show."""
+        self._require_writable()
+        target = file_attr_store(self.store)
+        if target is None:
+            raise NotPermitted("the store keeps no per-secret modes or owners")
+        secret = self.secret_of(path)
+        target.set_attrs(secret, attrs)
+        return self.perms(secret, self.store.read(secret).attrs)
 
     def dir_attr(self, mtime: float | None = None) -> Attr:
         o = self.options
@@ -120,7 +150,8 @@ class View:
         attr = self.getattr(path)
         if attr.is_dir:
             return Resolved(True, b"", attr.mtime, attr.ctime)
-        return Resolved(False, self.read_file(path), attr.mtime, attr.ctime)
+        perms = Perms(attr.mode & 0o7777, attr.uid, attr.gid)
+        return Resolved(False, self.read_file(path), attr.mtime, attr.ctime, perms)
 
     # ----- directories ------------------------------------------------------------------------
 
@@ -179,14 +210,15 @@ class View:
         render.check_new_name(name)
         self.layout.check_creatable(name)
 
-    def write_file(self, path: str, content: bytes) -> bytes:
-        """Replace a file's whole content (one atomic store write); returns what the file now shows
-        (a JSON object is shown in canonical form, so it may differ from what was written)."""
+    def write_file(self, path: str, content: bytes, attrs: FileAttrs | None = None) -> bytes:
+        """Replace a file's whole content (one atomic store write, with `attrs` for its secret when
+        given); returns what the file now shows (a JSON object is shown in canonical form, so it may
+        differ from what was written)."""
         self.check_creatable(path)
         if len(content) > render.MAX_VALUE_BYTES:
             raise ValueTooLarge(f"values are at most {render.MAX_VALUE_BYTES} bytes")
         name = path_to_name(path)
-        shown = self.layout.write_file(name, content)
+        shown = self.layout.write_file(name, content, attrs)
         self.forget_empty_ancestors(name)
         return shown
 

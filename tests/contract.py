@@ -13,7 +13,8 @@ Use it by subclassing `StoreContract` in a test module and supplying two fixture
 
 The suite is backend-neutral: values are JSON objects (string keys, string values, nested objects),
 names are full secret names ('a/b/c'), and only secretfs.errors exceptions are expected.
-Backends whose clocks are coarse can raise `clock_tolerance` (seconds).
+Backends whose clocks are coarse can raise `clock_tolerance` (seconds); a store whose names are
+shorter than secret names (a subtree: secretfs.stores.prefixed) lowers `max_name_chars`.
 
 A store's declared capabilities (secretfs.stores.base.Capabilities) are part of its contract: a
 declared bulk read or change watch must exist and work, and a bulk read must be declared.
@@ -33,12 +34,15 @@ from secretfs.stores.base import (
     BulkReader,
     Capabilities,
     DirListing,
+    FileAttrs,
+    FileAttrStore,
     HealthReporter,
     SecretMeta,
     SecretRecord,
     Store,
     Watcher,
     bulk_reader,
+    file_attr_store,
     health_reporter,
     watcher,
 )
@@ -76,6 +80,7 @@ class StoreContract:
     clock_tolerance: ClassVar[float] = 2.0
     thread_count: ClassVar[int] = 8
     writes_per_thread: ClassVar[int] = 10
+    max_name_chars: ClassVar[int] = 256  # the longest name the store must keep
 
     # ----- empty store ---------------------------------------------------------------------------
 
@@ -243,8 +248,8 @@ class StoreContract:
 
     def test_long_name(self, store: Store) -> None:
         head = "/".join(["n" * 60] * 4) + "/"
-        name = head + "e" * (256 - len(head))
-        assert len(name) == 256
+        name = head + "e" * (self.max_name_chars - len(head))
+        assert len(name) == self.max_name_chars
         store.write(name, {"value": "long"})
         assert store.read(name).value == {"value": "long"}
         assert names_of(store.list()) == [name]
@@ -333,6 +338,10 @@ class StoreContract:
         # ReadOnly wins over NotFound: a read-only store never says what it would have done.
         with pytest.raises(ReadOnly):
             ro.delete("missing")
+        ro_attrs = file_attr_store(ro)
+        if ro_attrs is not None:
+            with pytest.raises(ReadOnly):
+                ro_attrs.set_attrs("kept", FileAttrs(mode=0o644))
         assert store.read("kept").value == {"value": "v"}
         assert names_of(store.list()) == ["kept"]
 
@@ -348,6 +357,49 @@ class StoreContract:
         assert (watcher(store) is not None) == caps.watch
         assert not caps.health or isinstance(store, HealthReporter)
         assert (health_reporter(store) is not None) == caps.health
+        assert not caps.file_attrs or isinstance(store, FileAttrStore)
+        assert (file_attr_store(store) is not None) == caps.file_attrs
+
+    def test_file_attrs_are_kept_per_secret(self, store: Store) -> None:
+        attrs = file_attr_store(store)
+        if attrs is None:
+            pytest.skip("the store declares no per-secret modes and owners")
+        store.write("f/a", {"value": "1"})
+        assert store.read("f/a").attrs is None
+        attrs.set_attrs("f/a", FileAttrs(mode=0o640))
+        assert store.read("f/a").attrs == FileAttrs(mode=0o640)
+        attrs.set_attrs("f/a", FileAttrs(owner="root", group="daemon"))  # merged: the mode stays
+        assert store.read("f/a").attrs == FileAttrs(0o640, "root", "daemon")
+        store.write("f/a", {"value": "2"})  # a new value keeps them
+        assert store.read("f/a").attrs == FileAttrs(0o640, "root", "daemon")
+        with pytest.raises(NotFound):
+            attrs.set_attrs("f/missing", FileAttrs(mode=0o600))
+        attrs.write_with_attrs({"f/b": {"value": "b"}, "f/c": {"value": "c"}}, FileAttrs(mode=0o604))
+        assert [store.read(n).attrs for n in ("f/b", "f/c")] == [FileAttrs(mode=0o604)] * 2
+        reader = bulk_reader(store)
+        if reader is not None:
+            assert {n: r.attrs for n, r in reader.read_many(["f/a", "f/b"]).items()} == {
+                "f/a": FileAttrs(0o640, "root", "daemon"),
+                "f/b": FileAttrs(mode=0o604),
+            }
+
+    def test_file_attrs_move_with_rename_and_go_with_delete(self, store: Store) -> None:
+        attrs = file_attr_store(store)
+        if attrs is None:
+            pytest.skip("the store declares no per-secret modes and owners")
+        attrs.write_with_attrs({"m/old": {"value": "v"}}, FileAttrs(mode=0o644, owner="root"))
+        attrs.write_with_attrs({"m/target": {"value": "t"}}, FileAttrs(group="daemon"))
+        store.rename("m/old", "m/target")  # the target's own attrs are replaced, not merged
+        assert store.read("m/target").attrs == FileAttrs(mode=0o644, owner="root")
+        store.write("m/old", {"value": "again"})
+        assert store.read("m/old").attrs is None
+        store.delete("m/target")
+        store.write("m/target", {"value": "new"})
+        assert store.read("m/target").attrs is None
+        store.write("m/plain", {"value": "p"})
+        attrs.set_attrs("m/old", FileAttrs(mode=0o600))
+        store.rename("m/plain", "m/old")  # a secret without attrs replaces one with them
+        assert store.read("m/old").attrs is None
 
     def test_bulk_read_matches_read(self, store: Store) -> None:
         reader = bulk_reader(store)

@@ -13,6 +13,7 @@ from secretfs.assemble import build_operations
 from secretfs.freshness import FreshnessPolicy
 from secretfs.fuse_ops import SecretFS
 from secretfs.fusebind import ROOT_INO, FuseError, SetAttr
+from secretfs.stores.base import Capabilities, FileAttrs
 from secretfs.stores.memory import MemoryStore
 from secretfs.view import ViewOptions
 
@@ -173,12 +174,31 @@ def test_truncate_by_path_commits_at_once(fs: SecretFS) -> None:
     assert attr["st_size"] == 1 and stored(fs, "s") == b"o"
 
 
-def test_modes_and_owners_only_to_what_they_are(fs: SecretFS) -> None:
+class NoAttrsStore(MemoryStore):
+    """A store that keeps no per-secret modes (as Vault KV v1)."""
+
+    capabilities = Capabilities(atomic_batch=True)
+
+
+def test_modes_and_owners_only_to_what_they_are_without_file_attrs() -> None:
+    store = NoAttrsStore()
+    store.write("s", {"value": "v"})
+    fs = build_operations(store, ViewOptions(), FreshnessPolicy(cache_mode="kernel", ttl=0))
     ino = fs.lookup(ROOT_INO, "s").ino
     mode = fs.getattr(ino, None)[0]["st_mode"] & 0o7777
     fs.setattr(ino, SetAttr(mode=mode), None)
     with pytest.raises(errors.NotPermitted):
         fs.setattr(ino, SetAttr(mode=0o644 if mode != 0o644 else 0o600), None)
+
+
+def test_chmod_is_stored_and_shown_at_once(fs: SecretFS) -> None:
+    ino = fs.lookup(ROOT_INO, "s").ino
+    attr, _ = fs.setattr(ino, SetAttr(mode=0o640), None)
+    assert attr["st_mode"] & 0o7777 == 0o640
+    assert fs.view.store.read("s").attrs == FileAttrs(mode=0o640)
+    with pytest.raises(errors.NotPermitted):
+        fs.setattr(ino, SetAttr(mode=0o4640), None)  # setuid
+    assert fs.lookup(ROOT_INO, "s").ino == ino  # the same node: it shows what is stored
 
 
 def test_read_only_mount_refuses_writes() -> None:

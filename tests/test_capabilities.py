@@ -37,9 +37,9 @@ class WatchingStore(MemoryStore):
         return stop
 
 
-def test_plain_memory_store_declares_only_atomic_batches() -> None:
+def test_plain_memory_store_declares_only_atomic_batches_and_file_attrs() -> None:
     store = MemoryStore()
-    assert store.capabilities == Capabilities(atomic_batch=True)
+    assert store.capabilities == Capabilities(atomic_batch=True, file_attrs=True)
     assert (bulk_reader(store), watcher(store), health_reporter(store)) == (None, None, None)
 
 
@@ -79,7 +79,8 @@ def test_cache_passes_a_declared_watch_through() -> None:
 
 def test_cache_declares_its_health() -> None:
     cache = CachingStore(MemoryStore())
-    assert cache.capabilities == Capabilities(health=True, atomic_batch=True)  # the memory store's batches
+    # The memory store's batches and file attrs pass through.
+    assert cache.capabilities == Capabilities(health=True, atomic_batch=True, file_attrs=True)
     reporter = health_reporter(cache)
     assert reporter is not None
     assert reporter.health.as_dict()["state"] == "healthy"

@@ -111,13 +111,16 @@ def test_einval_enametoolong_efbig(instance: Instance, tmp_path: Path, mnt: Moun
         assert errno_of(write, k.path / "loose", b"x") == errno.EINVAL
 
 
-def test_eperm_chmod_chown_links(mnt: Mounted) -> None:
+def test_eperm_special_bits_and_links(mnt: Mounted) -> None:
     (mnt.path / "f").write_bytes(b"v")
-    assert errno_of(os.chmod, mnt.path / "f", 0o644) == errno.EPERM
-    assert errno_of(os.chown, mnt.path / "f", 12345, 12345) == errno.EPERM
+    assert errno_of(os.chmod, mnt.path / "f", 0o4644) == errno.EPERM  # setuid
+    assert errno_of(os.chmod, mnt.path / "f", 0o1600) == errno.EPERM  # sticky
     assert errno_of(os.symlink, "f", mnt.path / "link") == errno.EPERM
     assert errno_of(os.link, mnt.path / "f", mnt.path / "hard") == errno.EPERM
-    os.chmod(mnt.path / "f", 0o600)  # the mode it has: accepted (cp -p, mv)
+    os.chmod(mnt.path / "f", 0o644)  # a secret keeps its own mode and owner (tests/test_file_attrs.py)
+    os.chown(mnt.path / "f", 12345, 12345)
+    assert (os.stat(mnt.path / "f").st_mode & 0o7777, os.stat(mnt.path / "f").st_uid) == (0o644, 12345)
+    # chmod/chown to another mode on Vault KV v1: tests/test_file_attrs.py::test_kv1_accepts_only_what_the_file_shows
 
 
 def test_failed_write_keeps_old_value_and_reaches_close(instance: Instance, mnt: Mounted) -> None:

@@ -23,6 +23,7 @@ from secretfs.errors import (
     ReadOnly,
     ValueTooLarge,
 )
+from secretfs.stores.base import FileAttrs
 from secretfs.stores.memory import MemoryStore
 from secretfs.view import View, ViewOptions
 
@@ -378,3 +379,34 @@ def test_keys_layout_read_only(store: MemoryStore) -> None:
     with pytest.raises(ReadOnly):
         view.unlink("/db/user")
     assert store.read("db").value == {"user": "app"}
+
+
+def test_file_modes_and_owners_precedence(store: MemoryStore) -> None:
+    """Policy override, then the secret's own attrs, then the mount's defaults; field by field."""
+    view = make_view(store, uid=1000, gid=1000, file_mode=0o600)
+    view.write_file("/plain", b"p")
+    view.write_file("/own", b"o", FileAttrs(mode=0o640, owner="daemon", group="no-such-group-here"))
+    view.write_file("/num", b"n", FileAttrs(owner="54321"))
+    assert store.read("own").attrs == FileAttrs(0o640, "daemon", "no-such-group-here")
+
+    def shown(path: str) -> tuple[int, int, int]:
+        attr = view.getattr(path)
+        return attr.mode & 0o7777, attr.uid, attr.gid
+
+    assert shown("/plain") == (0o600, 1000, 1000)
+    assert shown("/own") == (0o640, 1, 1000)  # daemon is uid 1; an unknown group: the mount's gid
+    assert shown("/num") == (0o600, 54321, 1000)  # a uid with no name is kept as its number
+    view.attr_override = lambda secret: (0o400, None, 7) if secret == "own" else (None, None, None)
+    assert shown("/own") == (0o400, 1, 7)
+    assert view.resolve("/own").perms == (0o400, 1, 7)
+    assert shown("/plain") == (0o600, 1000, 1000)
+    assert view.set_attrs("/plain", FileAttrs(mode=0o644)) == (0o644, 1000, 1000)
+
+
+def test_keys_layout_key_files_show_their_secrets_attrs(store: MemoryStore) -> None:
+    store.write_with_attrs({"db": {"user": "app", "port": 5432}}, FileAttrs(mode=0o640))
+    keys = make_view(store, layout="keys")
+    assert keys.getattr("/db/user").mode & 0o7777 == 0o640
+    assert keys.getattr("/db/port").mode & 0o7777 == 0o640
+    assert keys.resolve("/db/user").perms == (0o640, os.getuid(), os.getgid())
+    assert keys.getattr("/db").mode & 0o7777 == 0o700  # the directory keeps the mount's mode

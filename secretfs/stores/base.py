@@ -4,9 +4,10 @@ A store maps secret names to JSON values. It raises only secretfs's own exceptio
 (secretfs.errors). Stores know nothing of paths, files, or FUSE.
 
 What a store can do beyond the Store protocol is declared, not discovered: its `capabilities`
-says which of the optional protocols (BulkReader, Watcher, HealthReporter) it implements, and
-callers reach them through `bulk_reader()`, `watcher()` and `health_reporter()`, never through
-getattr. The store contract (tests/contract.py) checks that each declaration is kept.
+says which of the optional protocols (BulkReader, Watcher, HealthReporter, FileAttrStore) it
+implements, and callers reach them through `bulk_reader()`, `watcher()`, `health_reporter()` and
+`file_attr_store()`, never through getattr. The store contract (tests/contract.py) checks that
+each declaration is kept.
 """
 
 from __future__ import annotations
@@ -26,13 +27,42 @@ class SecretMeta:
 
 
 @dataclass(frozen=True)
+class FileAttrs:
+    """A secret's own file mode and owner (docs/design.md, "Per-secret modes and owners").
+
+    None in a field: nothing stored, the mount's default applies. Owners are names, resolved to ids
+    on the host that shows the file; a uid or gid with no name is kept as its decimal text.
+    """
+
+    mode: int | None = None  # permission bits, within 0o777
+    owner: str | None = None  # user name
+    group: str | None = None  # group name
+
+    def merged(self, newer: FileAttrs) -> FileAttrs:
+        """These attrs with the fields newer sets replaced (what a store keeps after set_attrs)."""
+        return FileAttrs(
+            self.mode if newer.mode is None else newer.mode,
+            self.owner if newer.owner is None else newer.owner,
+            self.group if newer.group is None else newer.group,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return self.mode is None and self.owner is None and self.group is None
+
+
+NO_ATTRS = FileAttrs()
+
+
+@dataclass(frozen=True)
 class SecretRecord:
-    """A secret's decrypted value with its metadata."""
+    """A secret's decrypted value with its metadata (and, from a FileAttrStore, its file attrs)."""
 
     name: str
     value: Any
     updated_at: float
     created_at: float
+    attrs: FileAttrs | None = None  # None: the store keeps none for it (or keeps none at all)
 
 
 @dataclass(frozen=True)
@@ -51,6 +81,7 @@ class Capabilities:
     watch: bool = False  # Watcher: watch(on_change), a call when the data may have changed elsewhere
     health: bool = False  # HealthReporter: `health`, whether the backend answers and since when not
     atomic_batch: bool = False  # write_many is all-or-nothing (one transaction), not one write per name
+    file_attrs: bool = False  # FileAttrStore: per-secret modes and owners, carried by read()'s records
 
 
 NO_CAPABILITIES = Capabilities()
@@ -133,6 +164,23 @@ class Watcher(Protocol):
         ...
 
 
+@runtime_checkable
+class FileAttrStore(Protocol):
+    """Declared by Capabilities.file_attrs. Such a store also returns each secret's attrs in the
+    `attrs` of the records read() and read_many() give (no query of their own), and keeps them
+    through rename (they move with the secret) and delete (they go with it)."""
+
+    def set_attrs(self, name: str, attrs: FileAttrs) -> None:
+        """Store attrs for an existing secret, merged with what it has (a None field keeps what is
+        stored); NotFound if there is no such secret."""
+        ...
+
+    def write_with_attrs(self, items: Mapping[str, Any], attrs: FileAttrs) -> None:
+        """write_many, and set_attrs(name, attrs) for each item, in the same transaction where
+        `capabilities.atomic_batch`."""
+        ...
+
+
 class HealthState(Protocol):
     """A backend's health, as `secretfs status` shows it."""
 
@@ -162,6 +210,26 @@ def watcher(store: Store) -> Watcher | None:
 def health_reporter(store: Store) -> HealthReporter | None:
     """The store's health tracking when it declares it, else None."""
     return cast(HealthReporter, store) if store.capabilities.health else None
+
+
+def file_attr_store(store: Store) -> FileAttrStore | None:
+    """The store's per-secret modes and owners when it declares them, else None."""
+    return cast(FileAttrStore, store) if store.capabilities.file_attrs else None
+
+
+def attrs_from_columns(mode: Any, owner: Any, group: Any) -> FileAttrs | None:
+    """FileAttrs from stored columns or metadata fields (text or numbers); what is not valid is left
+    out (a mode outside 0o777, an empty name), so a foreign row never breaks a read."""
+    try:
+        number = int(mode, 8) if isinstance(mode, str) else int(mode) if isinstance(mode, int) else None
+    except ValueError:
+        number = None
+    attrs = FileAttrs(
+        number if number is not None and 0 <= number <= 0o777 else None,
+        owner if isinstance(owner, str) and owner else None,
+        group if isinstance(group, str) and group else None,
+    )
+    return None if attrs.empty else attrs
 
 
 def listing_from_names(names: list[str], directory: str) -> DirListing:

@@ -1,4 +1,7 @@
-"""The in-memory store: the reference implementation of the Store protocol, and the test double."""
+"""The in-memory store: the reference implementation of the Store protocol, and the test double.
+
+It keeps per-secret modes and owners too (FileAttrStore), on the records themselves.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,15 @@ import copy
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from secretfs.errors import NotFound, ReadOnly
 from secretfs.stores.base import (
+    NO_ATTRS,
     Capabilities,
     DirListing,
+    FileAttrs,
     SecretMeta,
     SecretRecord,
     listing_from_names,
@@ -21,7 +27,8 @@ from secretfs.stores.base import (
 class MemoryStore:
     """Secrets in a dict, guarded by a lock; values are deep-copied in and out."""
 
-    capabilities: Capabilities = Capabilities(atomic_batch=True)  # a subclass adding a protocol declares it
+    # A subclass adding a protocol declares it.
+    capabilities: Capabilities = Capabilities(atomic_batch=True, file_attrs=True)
 
     def __init__(self, *, read_only: bool = False) -> None:
         self.read_only = read_only
@@ -47,7 +54,9 @@ class MemoryStore:
             record = self._data.get(name)
         if record is None:
             raise NotFound(f"no secret named {name!r}")
-        return SecretRecord(record.name, copy.deepcopy(record.value), record.updated_at, record.created_at)
+        return SecretRecord(
+            record.name, copy.deepcopy(record.value), record.updated_at, record.created_at, record.attrs
+        )
 
     def stat(self, name: str) -> SecretMeta:
         record = self.read(name)
@@ -57,13 +66,29 @@ class MemoryStore:
         self.write_many({name: value})
 
     def write_many(self, items: Mapping[str, Any]) -> None:
+        self.write_with_attrs(items, NO_ATTRS)
+
+    def write_with_attrs(self, items: Mapping[str, Any], attrs: FileAttrs) -> None:
         self._require_writable()
         now = time.time()
         with self._lock:
             for name, value in items.items():
                 old = self._data.get(name)
                 created = old.created_at if old else now
-                self._data[name] = SecretRecord(name, copy.deepcopy(value), now, created)
+                kept = (old.attrs if old else None) or NO_ATTRS
+                merged = kept.merged(attrs)
+                self._data[name] = SecretRecord(
+                    name, copy.deepcopy(value), now, created, None if merged.empty else merged
+                )
+
+    def set_attrs(self, name: str, attrs: FileAttrs) -> None:
+        self._require_writable()
+        with self._lock:
+            record = self._data.get(name)
+            if record is None:
+                raise NotFound(f"no secret named {name!r}")
+            merged = (record.attrs or NO_ATTRS).merged(attrs)
+            self._data[name] = replace(record, attrs=None if merged.empty else merged)
 
     def delete(self, name: str) -> None:
         self._require_writable()
@@ -77,7 +102,7 @@ class MemoryStore:
             record = self._data.pop(old, None)
             if record is None:
                 raise NotFound(f"no secret named {old!r}")
-            self._data[new] = SecretRecord(new, record.value, time.time(), record.created_at)
+            self._data[new] = SecretRecord(new, record.value, time.time(), record.created_at, record.attrs)
 
     def info(self) -> dict[str, Any]:
         with self._lock:

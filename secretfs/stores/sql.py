@@ -2,6 +2,10 @@
 
 Queries use SQLAlchemy Core (no ORM objects on the read path). Every value is encrypted before it
 reaches the database and decrypted after it leaves; plaintext never touches the table.
+
+Per-secret modes and owners live in secretfs's own table `secretfs_file_attrs` beside Archestra's
+(whose columns secretfs never changes), read with the value through a LEFT JOIN; a database without
+that table (older, or opened read-only without it) has none.
 """
 
 from __future__ import annotations
@@ -27,7 +31,16 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from secretfs import crypto
 from secretfs.errors import AccessDenied, BackendUnavailable, IntegrityError, NotFound, ReadOnly
 from secretfs.stores import pg_notify
-from secretfs.stores.base import Capabilities, DirListing, SecretMeta, SecretRecord, listing_from_names
+from secretfs.stores.base import (
+    NO_ATTRS,
+    Capabilities,
+    DirListing,
+    FileAttrs,
+    SecretMeta,
+    SecretRecord,
+    attrs_from_columns,
+    listing_from_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +113,21 @@ meta_table = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
+# Per-secret modes and owners (FileAttrStore): one row per secret name that has any, secretfs's own.
+file_attrs_table = sa.Table(
+    "secretfs_file_attrs",
+    metadata,
+    sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("mode", sa.Integer, nullable=True),
+    sa.Column("owner", sa.String(NAME_LENGTH), nullable=True),
+    sa.Column("grp", sa.String(NAME_LENGTH), nullable=True),
+)
+ATTRS_RECHECK = 60.0  # seconds between checks for a file-attrs table that was missing
+
 VISIBLE = secret_table.c.is_vault.isnot(True)
 T = secret_table.c
+A = file_attrs_table.c
+WITH_ATTRS = secret_table.outerjoin(file_attrs_table, A.name == T.name)
 # The `secret` column as text, parsed by load_stored (the JSON type would raise on a malformed row).
 RAW_SECRET = sa.cast(T.secret, sa.Text)
 
@@ -260,6 +286,15 @@ class _SqliteReader:
     READ_MANY = (
         "SELECT name, updated_at, created_at, CAST(secret AS TEXT) FROM secret WHERE name IN ({}) AND is_vault IS NOT 1"
     )
+    # The same with the secret's file attrs (when the secretfs_file_attrs table exists).
+    READ_ATTRS = (
+        "SELECT s.updated_at, s.created_at, CAST(s.secret AS TEXT), a.mode, a.owner, a.grp FROM secret s "
+        "LEFT JOIN secretfs_file_attrs a ON a.name = s.name WHERE s.name = ? AND s.is_vault IS NOT 1"
+    )
+    READ_MANY_ATTRS = (
+        "SELECT s.name, s.updated_at, s.created_at, CAST(s.secret AS TEXT), a.mode, a.owner, a.grp FROM secret s "
+        "LEFT JOIN secretfs_file_attrs a ON a.name = s.name WHERE s.name IN ({}) AND s.is_vault IS NOT 1"
+    )
 
     def __init__(self, path: str, timeout: float) -> None:
         self.path = path
@@ -292,11 +327,11 @@ class _SqliteReader:
             local.conn = conn
         return conn
 
-    def rows(self, name: str) -> list[Any]:
-        return self.connection().execute(self.READ, (name,)).fetchall()
+    def rows(self, name: str, *, attrs: bool) -> list[Any]:
+        return self.connection().execute(self.READ_ATTRS if attrs else self.READ, (name,)).fetchall()
 
-    def rows_many(self, names: list[str]) -> list[Any]:
-        sql = self.READ_MANY.format(",".join("?" * len(names)))
+    def rows_many(self, names: list[str], *, attrs: bool) -> list[Any]:
+        sql = (self.READ_MANY_ATTRS if attrs else self.READ_MANY).format(",".join("?" * len(names)))
         return self.connection().execute(sql, names).fetchall()
 
     def close(self) -> None:
@@ -316,9 +351,15 @@ def _sqlite_errors(what: str) -> Iterator[None]:
         raise BackendUnavailable(f"database unavailable while {what} ({type(exc).__name__})") from None
 
 
-def _parse_row(updated: Any, created: Any, stored: Any) -> tuple[float, float, Any]:
-    """A raw SQLite row as the engine's column types would give it (epoch times; the raw value)."""
-    return to_epoch(updated), to_epoch(created), stored
+def _parse_row(updated: Any, created: Any, stored: Any, *attrs: Any) -> tuple[Any, ...]:
+    """A raw SQLite row as the engine's column types would give it (epoch times; the raw value;
+    the file attrs columns as they are)."""
+    return (to_epoch(updated), to_epoch(created), stored, *attrs)
+
+
+def _attrs_of(row: Sequence[Any], at: int) -> FileAttrs | None:
+    """The file attrs in a row's columns from `at` on (None when the query had none)."""
+    return attrs_from_columns(*row[at : at + 3]) if len(row) >= at + 3 else None
 
 
 def checkpoint_wal(engine: Engine) -> None:
@@ -353,7 +394,8 @@ def sqlite_file(engine: Engine) -> Path | None:
 class SqlStore:
     """The `secret` table, read and written through one key.
 
-    Capabilities: bulk reads (read_many) always; change watching (watch) on SQLite files only.
+    Capabilities: bulk reads (read_many) and per-secret modes and owners (FileAttrStore) always;
+    change watching (watch) on SQLite files and PostgreSQL.
     """
 
     def __init__(self, engine: Engine, key: bytes, *, read_only: bool = False) -> None:
@@ -364,6 +406,7 @@ class SqlStore:
             bulk_read=True,
             watch=sqlite_file(engine) is not None or engine.dialect.name == "postgresql",
             atomic_batch=True,
+            file_attrs=True,
         )
         # No LIMIT: a foreign database may hold a name twice, with timestamps in mixed text formats
         # that SQL cannot order (SQLite); the newest row is picked by its parsed time in Python.
@@ -375,6 +418,31 @@ class SqlStore:
         self._read_many_stmt = sa.select(T.name, T.updated_at, T.created_at, RAW_SECRET).where(
             T.name.in_(sa.bindparam("names", expanding=True)), VISIBLE
         )
+        self._read_attrs_stmt = (
+            sa.select(T.updated_at, T.created_at, RAW_SECRET, A.mode, A.owner, A.grp)
+            .select_from(WITH_ATTRS)
+            .where(T.name == sa.bindparam("name"), VISIBLE)
+        )
+        self._read_many_attrs_stmt = (
+            sa.select(T.name, T.updated_at, T.created_at, RAW_SECRET, A.mode, A.owner, A.grp)
+            .select_from(WITH_ATTRS)
+            .where(T.name.in_(sa.bindparam("names", expanding=True)), VISIBLE)
+        )
+        self._attrs_checked_at: float | None = None  # when the file-attrs table was last found missing
+        self._attrs_table = False
+
+    def has_attrs_table(self) -> bool:
+        """Whether the secretfs_file_attrs table exists (a missing one is looked for again every
+        ATTRS_RECHECK seconds: a writable mount of the same database may create it)."""
+        if self._attrs_table:
+            return True
+        now = time.monotonic()
+        if self._attrs_checked_at is not None and now - self._attrs_checked_at < ATTRS_RECHECK:
+            return False
+        with backend_errors("looking for the file attrs table"), self.engine.connect() as conn:
+            self._attrs_table = sa.inspect(conn).has_table(file_attrs_table.name)
+        self._attrs_checked_at = now
+        return self._attrs_table
 
     @property
     def backend(self) -> str:
@@ -409,16 +477,19 @@ class SqlStore:
 
     def read(self, name: str) -> SecretRecord:
         rows: Sequence[Any]
+        attrs = self.has_attrs_table()
         if self._fast is not None:
             with _sqlite_errors(f"reading {name!r}"):
-                raw = self._fast.rows(name)
+                raw = self._fast.rows(name, attrs=attrs)
             rows = [_parse_row(*row) for row in raw]
         else:
+            stmt = self._read_attrs_stmt if attrs else self._read_stmt
             with backend_errors(f"reading {name!r}"), self.engine.connect() as conn:
-                rows = conn.execute(self._read_stmt, {"name": name}).all()
+                rows = conn.execute(stmt, {"name": name}).all()
         if not rows:
             raise NotFound(f"no secret named {name!r}")
-        updated, created, raw = max(rows, key=lambda r: r[0])
+        newest = max(rows, key=lambda r: r[0])
+        updated, created, raw = newest[:3]
         try:
             stored = load_stored(raw)
         except IntegrityError as exc:
@@ -432,7 +503,7 @@ class SqlStore:
                 raise IntegrityError(f"secret {name!r} cannot be decrypted: {exc}") from None
         else:
             value = stored
-        return SecretRecord(name, value, updated, created)
+        return SecretRecord(name, value, updated, created, _attrs_of(newest, 3))
 
     def read_many(self, names: Sequence[str]) -> dict[str, SecretRecord]:
         """The records of those names that exist, in one query per READ_MANY_CHUNK names.
@@ -440,29 +511,32 @@ class SqlStore:
         The newest row per name wins, as in read(). A name whose value does not decrypt is left
         out, as is one whose stored value is not a JSON object (its own read() reports the error).
         """
-        newest: dict[str, tuple[float, float, Any]] = {}
+        newest: dict[str, tuple[Any, ...]] = {}
+        attrs = self.has_attrs_table() if names else False
+        stmt = self._read_many_attrs_stmt if attrs else self._read_many_stmt
         for start in range(0, len(names), READ_MANY_CHUNK):
             chunk = list(names[start : start + READ_MANY_CHUNK])
             rows: Sequence[Any]
             if self._fast is not None:
                 with _sqlite_errors("reading secrets"):
-                    raw = self._fast.rows_many(chunk)
+                    raw = self._fast.rows_many(chunk, attrs=attrs)
                 rows = [(row[0], *_parse_row(*row[1:])) for row in raw]
             else:
                 with backend_errors("reading secrets"), self.engine.connect() as conn:
-                    rows = conn.execute(self._read_many_stmt, {"names": chunk}).all()
-            for name, updated, created, stored in rows:
-                known = newest.get(name)
-                if known is None or updated > known[0]:
-                    newest[name] = (updated, created, stored)
+                    rows = conn.execute(stmt, {"names": chunk}).all()
+            for row in rows:
+                known = newest.get(row[0])
+                if known is None or row[1] > known[0]:
+                    newest[row[0]] = tuple(row[1:])
         records: dict[str, SecretRecord] = {}
-        for name, (updated, created, raw) in newest.items():
+        for name, row in newest.items():
+            updated, created, raw = row[:3]
             try:
                 stored = load_stored(raw)
                 value = crypto.decrypt(self._key, stored) if crypto.is_encrypted(stored) else stored
             except IntegrityError:
                 continue
-            records[name] = SecretRecord(name, value, updated, created)
+            records[name] = SecretRecord(name, value, updated, created, _attrs_of(row, 3))
         return records
 
     def stat(self, name: str) -> SecretMeta:
@@ -478,15 +552,26 @@ class SqlStore:
 
     def write_many(self, items: Mapping[str, Any]) -> None:
         """Create or replace every item in one transaction: all or none."""
+        self.write_with_attrs(items, NO_ATTRS)
+
+    def write_with_attrs(self, items: Mapping[str, Any], attrs: FileAttrs) -> None:
+        """Create or replace every item, and merge attrs into each one's file attrs (unless attrs is
+        empty), in one transaction: all or none."""
         self._require_writable()
         envelopes = {name: crypto.encrypt(self._key, value) for name, value in items.items()}
         what = ", ".join(repr(name) for name in envelopes)
+        if not attrs.empty:
+            self._ensure_attrs_table()
+        else:
+            self.has_attrs_table()  # known before _upsert clears what a new secret must not inherit
         for _attempt in range(3):
             try:
                 with backend_errors(f"writing {what}"), self.engine.begin() as conn:
                     now = time.time()
                     for name, envelope in envelopes.items():
                         self._upsert(conn, name, envelope, now)
+                        if not attrs.empty:
+                            self._merge_attrs(conn, name, attrs)
                     self._notify(conn, list(envelopes))
                 return
             except sa.exc.IntegrityError:
@@ -509,11 +594,53 @@ class SqlStore:
                     updated_at=now,
                 )
             )
+            if self._attrs_table:  # a new secret: no row left by one of that name deleted elsewhere
+                conn.execute(sa.delete(file_attrs_table).where(A.name == name))
+
+    def set_attrs(self, name: str, attrs: FileAttrs) -> None:
+        """Merge attrs into the secret's file attrs (one transaction); NotFound if it does not exist."""
+        self._require_writable()
+        self._ensure_attrs_table()
+        for _attempt in range(3):
+            try:
+                with backend_errors(f"setting the mode or owner of {name!r}"), self.engine.begin() as conn:
+                    if conn.execute(sa.select(T.id).where(T.name == name, VISIBLE).limit(1)).first() is None:
+                        raise NotFound(f"no secret named {name!r}")
+                    self._merge_attrs(conn, name, attrs)
+                    self._notify(conn, [name])
+                return
+            except sa.exc.IntegrityError:
+                continue  # a concurrent first set_attrs inserted the row: merge into it
+        raise BackendUnavailable(f"could not set the mode or owner of {name!r} (concurrent changes)")
+
+    def _merge_attrs(self, conn: Connection, name: str, attrs: FileAttrs) -> None:
+        row = conn.execute(sa.select(A.mode, A.owner, A.grp).where(A.name == name)).first()
+        if row is None:
+            conn.execute(
+                sa.insert(file_attrs_table).values(name=name, mode=attrs.mode, owner=attrs.owner, grp=attrs.group)
+            )
+            return
+        merged = (attrs_from_columns(*row) or NO_ATTRS).merged(attrs)
+        conn.execute(
+            sa.update(file_attrs_table)
+            .where(A.name == name)
+            .values(mode=merged.mode, owner=merged.owner, grp=merged.group)
+        )
+
+    def _ensure_attrs_table(self) -> None:
+        """Create the file attrs table if missing (an older database opened by a writable store)."""
+        if not self.has_attrs_table():
+            with backend_errors("creating the file attrs table"), self.engine.begin() as conn:
+                file_attrs_table.create(conn, checkfirst=True)
+            self._attrs_table = True
 
     def delete(self, name: str) -> None:
         self._require_writable()
+        attrs = self.has_attrs_table()
         with backend_errors(f"deleting {name!r}"), self.engine.begin() as conn:
             deleted = conn.execute(sa.delete(secret_table).where(T.name == name, VISIBLE)).rowcount
+            if deleted and attrs:
+                conn.execute(sa.delete(file_attrs_table).where(A.name == name))
             self._notify(conn, [name])
         if deleted == 0:
             raise NotFound(f"no secret named {name!r}")
@@ -523,6 +650,7 @@ class SqlStore:
         if old == new:
             self.stat(old)
             return
+        attrs = self.has_attrs_table()
         try:
             with backend_errors(f"renaming {old!r}"), self.engine.begin() as conn:
                 exists = conn.execute(sa.select(T.id).where(T.name == old, VISIBLE).limit(1)).first()
@@ -532,6 +660,9 @@ class SqlStore:
                 conn.execute(
                     sa.update(secret_table).where(T.name == old, VISIBLE).values(name=new, updated_at=time.time())
                 )
+                if attrs:  # the file attrs move with the secret, replacing the target's
+                    conn.execute(sa.delete(file_attrs_table).where(A.name == new))
+                    conn.execute(sa.update(file_attrs_table).where(A.name == old).values(name=new))
                 self._notify(conn, [old, new])
         except sa.exc.IntegrityError:
             raise AccessDenied(

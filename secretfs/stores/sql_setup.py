@@ -1,8 +1,9 @@
 """Opening the SQL store: schema creation, the key canary, and encryption of plaintext rows.
 
 Order matters: the key is checked with reads only, so a wrong key refuses to start and changes
-nothing. Only then are tables created, the canary written, plaintext rows encrypted (one
-transaction) and SQLite switched to WAL.
+nothing. Only then are tables created (secretfs's own `secretfs_file_attrs` by writable opens only:
+a read-only database user may create nothing, and a missing table means no per-secret attrs), the
+canary written, plaintext rows encrypted (one transaction) and SQLite switched to WAL.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from secretfs.stores.sql import (
     SqlStore,
     backend_errors,
     checkpoint_wal,
+    file_attrs_table,
     load_stored,
     make_engine,
     meta_table,
@@ -177,7 +179,8 @@ def prepare_database(engine: Engine, key: bytes, *, accept_new_key: bool = False
         if created_secret_table:
             name_index.create(conn, checkfirst=True)
         if not writable:
-            return 0
+            return 0  # no file attrs table is created: without one, no secret has its own mode or owner
+        file_attrs_table.create(conn, checkfirst=True)
         write_canary(conn, key)
         migrated = encrypt_plaintext_rows(conn, key)
     if engine.dialect.name == "sqlite":

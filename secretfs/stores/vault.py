@@ -4,6 +4,11 @@ KV v2: read `GET {prefix}/{name}` -> data.data; write `POST {prefix}/{name}` {"d
 every version with `DELETE {metadata}/{name}`; list `LIST {metadata}/{dir}/`. KV v1: everything at
 `{prefix}/...`. A value must be a JSON object (Vault KV data is one). KV v1 keeps no times, so its
 times are those this process saw (its own writes, else the moment the store was opened).
+
+Per-secret modes and owners (KV v2 only): the secret's `custom_metadata` keys `secretfs_mode` (octal
+text), `secretfs_owner` and `secretfs_group`, changed with a merge-patch of `{metadata}/{name}` (other
+keys are left alone) and read back with the value (a KV v2 read returns the custom metadata). KV v1
+keeps no metadata: that store declares no file attrs.
 """
 
 from __future__ import annotations
@@ -17,14 +22,42 @@ from datetime import UTC, datetime
 from typing import Any
 
 from secretfs.config import Settings, VaultSettings
-from secretfs.errors import AccessDenied, InvalidName, NotFound, ReadOnly, VaultRejected
-from secretfs.stores.base import NO_CAPABILITIES, Capabilities, DirListing, SecretMeta, SecretRecord
+from secretfs.errors import AccessDenied, InvalidName, NotFound, NotPermitted, ReadOnly, VaultRejected
+from secretfs.stores.base import (
+    NO_CAPABILITIES,
+    Capabilities,
+    DirListing,
+    FileAttrs,
+    SecretMeta,
+    SecretRecord,
+    attrs_from_columns,
+)
 from secretfs.stores.vault_auth import VaultAuth
 from secretfs.stores.vault_http import api_path, call, make_adapter
 
 log = logging.getLogger(__name__)
 
 _FRACTION = re.compile(r"\.(\d{6})\d*")
+MODE_KEY, OWNER_KEY, GROUP_KEY = "secretfs_mode", "secretfs_owner", "secretfs_group"  # in custom_metadata
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+
+
+def attrs_from_metadata(custom: Any) -> FileAttrs | None:
+    """A KV v2 secret's file attrs from its custom_metadata (None when it has none)."""
+    if not isinstance(custom, dict):
+        return None
+    return attrs_from_columns(custom.get(MODE_KEY), custom.get(OWNER_KEY), custom.get(GROUP_KEY))
+
+
+def metadata_patch(attrs: FileAttrs, *, replace: bool) -> dict[str, Any]:
+    """The custom_metadata merge-patch for attrs: fields set are written; with `replace`, fields not
+    set are removed (None), else left as they are."""
+    fields = {
+        MODE_KEY: None if attrs.mode is None else f"{attrs.mode:04o}",
+        OWNER_KEY: attrs.owner,
+        GROUP_KEY: attrs.group,
+    }
+    return {key: value for key, value in fields.items() if value is not None or replace}
 
 
 def parse_time(text: Any) -> float:
@@ -40,7 +73,8 @@ def parse_time(text: Any) -> float:
 class VaultStore:
     """Secrets as Vault KV entries under one prefix."""
 
-    capabilities: Capabilities = NO_CAPABILITIES  # KV has no bulk read; Vault pushes no changes
+    # KV has no bulk read; Vault pushes no changes; KV v2 keeps file attrs in custom metadata.
+    capabilities: Capabilities = NO_CAPABILITIES
 
     def __init__(
         self, settings: VaultSettings, *, read_only: bool = False, clock: Callable[[], float] = time.monotonic
@@ -56,18 +90,27 @@ class VaultStore:
         self._opened_at = time.time()
         self._times: dict[str, tuple[float, float]] = {}  # KV v1: name -> (created, updated) seen here
         self._created: dict[str, float] = {}  # KV v2: name -> created_time, to spare a metadata read
+        if settings.kv_version == 2:
+            self.capabilities = Capabilities(file_attrs=True)
 
     # ----- requests -------------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, what: str, json: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        json: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | None:
         """One request with the current token; after a 403, log in again (K8S/AWS) and retry once."""
         token = self.auth.token()
         try:
-            return call(self._adapter, method, path, token=token, what=what, json=json)
+            return call(self._adapter, method, path, token=token, what=what, json=json, headers=headers)
         except AccessDenied:
             if not self.auth.forbidden(token):
                 raise
-        return call(self._adapter, method, path, token=self.auth.token(), what=what, json=json)
+        return call(self._adapter, method, path, token=self.auth.token(), what=what, json=json, headers=headers)
 
     def _data_path(self, name: str) -> str:
         return api_path(self.prefix, name)
@@ -151,7 +194,7 @@ class VaultStore:
             created = self._created[name]
         else:
             created = self.stat(name).created_at
-        return SecretRecord(name, data["data"], updated, created)
+        return SecretRecord(name, data["data"], updated, created, attrs_from_metadata(meta.get("custom_metadata")))
 
     def stat(self, name: str) -> SecretMeta:
         if self.kv_version == 1:
@@ -190,6 +233,24 @@ class VaultStore:
         if written.get("version") == 1:
             self._created[name] = parse_time(written.get("created_time"))
 
+    def set_attrs(self, name: str, attrs: FileAttrs) -> None:
+        """KV v2: merge attrs into the secret's custom metadata; NotFound if it has none."""
+        self._patch_attrs(name, attrs, replace=False)
+
+    def _patch_attrs(self, name: str, attrs: FileAttrs, *, replace: bool) -> None:
+        self._require_writable()
+        if self.kv_version != 2:
+            raise NotPermitted("KV v1 keeps no per-secret modes; use a policy file")
+        patch = {"custom_metadata": metadata_patch(attrs, replace=replace)}
+        self._call("patch", self._meta_path(name), f"setting the mode or owner of {name!r}", patch, MERGE_PATCH)
+
+    def write_with_attrs(self, items: Mapping[str, Any], attrs: FileAttrs) -> None:
+        """Each value, then its attrs (two KV requests per secret: Vault has no transactions)."""
+        for name, value in items.items():
+            self.write(name, value)
+            if not attrs.empty:
+                self.set_attrs(name, attrs)
+
     def delete(self, name: str) -> None:
         self._require_writable()
         if self.kv_version == 1:
@@ -217,6 +278,13 @@ class VaultStore:
             f"renaming {old!r} to {new!r}",
         )
         self.write(new, record.value)
+        if self.kv_version == 2 and (record.attrs is not None or self.read(new).attrs is not None):
+            try:
+                self._patch_attrs(new, record.attrs or FileAttrs(), replace=True)  # the attrs move too
+            except AccessDenied:
+                log.warning(
+                    "%r was renamed to %r without its mode and owner: the token may not patch metadata", old, new
+                )
         self.delete(old)
 
     def _require_capabilities(self, wanted: Mapping[str, tuple[str, ...]], what: str) -> None:

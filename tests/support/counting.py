@@ -13,7 +13,7 @@ from secretfs.stores.memory import MemoryStore
 class CountingStore(MemoryStore):
     """A memory store with read_many, counting backend calls."""
 
-    capabilities = Capabilities(bulk_read=True, atomic_batch=True)
+    capabilities = Capabilities(bulk_read=True, atomic_batch=True, file_attrs=True)
 
     def __init__(self) -> None:
         super().__init__()
