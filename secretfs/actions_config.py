@@ -28,12 +28,15 @@ import shlex
 import signal
 import stat
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from secretfs.actions import Action
 from secretfs.config import ENV_ALLOW_UNSAFE_DATA_DIR
 from secretfs.errors import ConfigError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -119,25 +122,36 @@ def action_from_table(table: dict[str, Any]) -> Action:
     return Action(**fields)  # its own checks raise ValueError too
 
 
-def parse_actions(text: str, source: str) -> tuple[Action, ...]:
-    """The actions of a TOML document; ConfigError naming source, the action's number and the problem."""
+def toml_document(text: str, source: str) -> dict[str, Any]:
+    """A TOML configuration document (the actions file, the policy file); ConfigError naming source."""
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+
+def numbered_tables(document: dict[str, Any], key: str, source: str, parse: Callable[[Any], T]) -> tuple[T, ...]:
+    """Each [[key]] table of document, parsed; ConfigError naming source, the table's number and the
+    problem (the ValueError parse raised)."""
+    tables = document.get(key)
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{source}: no [[{key}]] table")
+    parsed = []
+    for number, table in enumerate(tables, 1):
+        try:
+            parsed.append(parse(table))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {key} {number}: {exc}") from None
+    return tuple(parsed)
+
+
+def parse_actions(text: str, source: str) -> tuple[Action, ...]:
+    """The actions of a TOML document; ConfigError naming source, the action's number and the problem."""
+    document = toml_document(text, source)
     unknown = sorted(set(document) - {"action"})
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r} (write each action as an [[action]] table)")
-    tables = document.get("action")
-    if not isinstance(tables, list) or not tables:
-        raise ConfigError(f"{source}: no [[action]] table")
-    actions = []
-    for number, table in enumerate(tables, 1):
-        try:
-            actions.append(action_from_table(table))
-        except ValueError as exc:
-            raise ConfigError(f"{source}: action {number}: {exc}") from None
-    return tuple(actions)
+    return numbered_tables(document, "action", source, action_from_table)
 
 
 def check_actions_file(path: Path, *, allow_unsafe: bool = False, what: str = "actions file", why: str = "") -> None:

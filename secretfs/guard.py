@@ -196,12 +196,7 @@ class GuardedFS(SecretFS):
             return
         secret, names = self._names(node.name)
         who = self.guard.check("open", secret, names)
-        try:
-            super().open(ino, fi)
-        except Exception as exc:
-            self.guard.record("open", secret, who, _result(exc))
-            raise
-        self.guard.record("open", secret, who, "allowed")
+        self._audited("open", secret, who, lambda: super(GuardedFS, self).open(ino, fi))
         if fi.fh:
             self._writers[fi.fh] = who
 
@@ -210,23 +205,22 @@ class GuardedFS(SecretFS):
             return super().create(parent, name, mode, fi)
         secret, names = self._names(self._path(parent, name))
         who = self.guard.check("create", secret, names)
-        entries: list[Entry] = []
-
-        def create() -> None:
-            entries.append(super(GuardedFS, self).create(parent, name, mode, fi))
-
-        self._opened("create", secret, who, create, fi)
-        return entries[0]
-
-    def _opened(self, op: str, secret: str, who: Identity, call: Any, fi: Any) -> None:
-        try:
-            call()
-        except Exception as exc:
-            self.guard.record(op, secret, who, _result(exc))
-            raise
-        self.guard.record(op, secret, who, "allowed")
+        entry: Entry = self._audited(
+            "create", secret, who, lambda: super(GuardedFS, self).create(parent, name, mode, fi)
+        )
         if fi.fh:
             self._writers[fi.fh] = who
+        return entry
+
+    def _audited(self, op: str, secret: str, who: Identity, call: Any, *, to: str | None = None) -> Any:
+        """Run call (an allowed operation) and record how it went: allowed, or the error it raised."""
+        try:
+            result = call()
+        except Exception as exc:
+            self.guard.record(op, secret, who, _result(exc), to=to)
+            raise
+        self.guard.record(op, secret, who, "allowed", to=to)
+        return result
 
     # ----- commits ---------------------------------------------------------------------------------------
 
@@ -273,18 +267,16 @@ class GuardedFS(SecretFS):
             return super().setattr(ino, change, fh)
         secret, names = self._names(node.name)
         owner = change.mode is not None or change.uid is not None or change.gid is not None
+
+        def change_attrs() -> tuple[dict[str, int], float]:
+            return self._committing(node, fh, lambda: super(GuardedFS, self).setattr(ino, change, fh))  # type: ignore[no-any-return]
+
         if not owner:
             if change.size is not None and fh is None:  # truncate(2) by path: checked like an open
                 self.guard.check("write", secret, names)
-            return self._committing(node, fh, lambda: super(GuardedFS, self).setattr(ino, change, fh))  # type: ignore[no-any-return]
+            return change_attrs()
         who = self.guard.check("setattr", secret, names)
-        try:
-            result = self._committing(node, fh, lambda: super(GuardedFS, self).setattr(ino, change, fh))
-        except Exception as exc:
-            self.guard.record("setattr", secret, who, _result(exc))
-            raise
-        self.guard.record("setattr", secret, who, "allowed")
-        return result  # type: ignore[no-any-return]
+        return self._audited("setattr", secret, who, change_attrs)  # type: ignore[no-any-return]
 
     # ----- namespace -------------------------------------------------------------------------------------
 
@@ -294,22 +286,16 @@ class GuardedFS(SecretFS):
             return
         secret, names = self._names(self._path(parent, name))
         who = self.guard.check("unlink", secret, names)
-        try:
-            super().unlink(parent, name)
-        except Exception as exc:
-            self.guard.record("unlink", secret, who, _result(exc))
-            raise
-        self.guard.record("unlink", secret, who, "allowed")
+        self._audited("unlink", secret, who, lambda: super(GuardedFS, self).unlink(parent, name))
 
     def rename(self, parent: int, name: str, new_parent: int, new_name: str, flags: int) -> None:
         old, new = self._names(self._path(parent, name)), self._names(self._path(new_parent, new_name))
         who = self.guard.check("rename", old[0], old[1] + new[1], to=new[0])
-        try:
-            super().rename(parent, name, new_parent, new_name, flags)
-        except Exception as exc:
-            self.guard.record("rename", old[0], who, _result(exc), to=new[0])
-            raise
-        self.guard.record("rename", old[0], who, "allowed", to=new[0])
+
+        def rename() -> None:
+            super(GuardedFS, self).rename(parent, name, new_parent, new_name, flags)
+
+        self._audited("rename", old[0], who, rename, to=new[0])
 
 
 def guard_for(policy: Policy | None, audit_log: Sequence[str], *, max_bytes: int = 0, prefix: str = "") -> Guard | None:

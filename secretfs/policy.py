@@ -27,13 +27,12 @@ import fnmatch
 import grp
 import pwd
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from secretfs.actions_config import check_actions_file
+from secretfs.actions_config import check_actions_file, numbered_tables, toml_document
 from secretfs.callers import Identity
 from secretfs.errors import ConfigError
 
@@ -266,26 +265,15 @@ def rule_from_table(table: Any) -> Rule:
 
 def parse_policy(text: str, source: str) -> Policy:
     """The policy of a TOML document; ConfigError naming source, the rule's number and the problem."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    document = toml_document(text, source)
     unknown = sorted(set(document) - TOP_KEYS)
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r} (allowed: hide_denied, [[rule]])")
     hide = document.get("hide_denied", False)
     if not isinstance(hide, bool):
         raise ConfigError(f"{source}: hide_denied must be true or false")
-    tables = document.get("rule")
-    if not isinstance(tables, list) or not tables:
-        raise ConfigError(f"{source}: no [[rule]] table")
-    rules = []
-    for number, table in enumerate(tables, 1):
-        try:
-            rules.append(rule_from_table(table))
-        except ValueError as exc:
-            raise ConfigError(f"{source}: rule {number}: {exc}") from None
-    return Policy(tuple(rules), hide_denied=hide, source=source)
+    rules = numbered_tables(document, "rule", source, rule_from_table)
+    return Policy(rules, hide_denied=hide, source=source)
 
 
 def load_policy_file(path: Path, *, allow_unsafe: bool = False) -> Policy:
